@@ -1,0 +1,142 @@
+"""The error tree of the source region, translated once at the edge that meets each library.
+
+Every error the HTTP API returns maps to one of these classes (see `to_wire`/`from_wire`), so a
+client on the other side of the network raises the same type the node raised.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import os
+from typing import Any
+
+
+class ChangelogError(Exception):
+    """Base of every error raised by the source region or its client."""
+
+    http_status = 500
+    temporary = False
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def to_wire(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": type(self).__name__, "message": self.message}
+        if self.hint:
+            body["hint"] = self.hint
+        return body
+
+
+class ConfigError(ChangelogError):
+    """A config file is missing, unreadable or has a bad key; says which file and which key."""
+
+    def __init__(self, message: str, *, path: str | None = None, key: str | None = None) -> None:
+        where = f"{path}: " if path else ""
+        at = f"{key}: " if key else ""
+        super().__init__(f"{where}{at}{message}")
+        self.path = path
+        self.key = key
+
+
+class AuthError(ChangelogError):
+    """Missing or wrong bearer token."""
+
+    http_status = 401
+
+
+class BadRequestError(ChangelogError):
+    """A malformed request body or parameter; nothing was changed."""
+
+    http_status = 400
+
+
+class NotLeaderError(ChangelogError):
+    """This node is not the Raft leader; `leader_hint` names the node that is, if known."""
+
+    http_status = 421
+    temporary = True
+
+    def __init__(self, message: str, *, leader_hint: str | None = None) -> None:
+        super().__init__(message)
+        self.leader_hint = leader_hint
+
+    def to_wire(self) -> dict[str, Any]:
+        return {**super().to_wire(), "leader_hint": self.leader_hint}
+
+
+class QuorumUnavailableError(ChangelogError):
+    """No quorum (or no leader) answered in time: the write may or may not have committed."""
+
+    http_status = 503
+    temporary = True
+
+
+class VersionGoneError(ChangelogError):
+    """The requested version is below retention: the reader must resync from a snapshot."""
+
+    http_status = 410
+
+    def __init__(self, message: str, *, requested: int, first_available: int) -> None:
+        super().__init__(message, hint="load a snapshot and follow from its version + 1")
+        self.requested = requested
+        self.first_available = first_available
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            **super().to_wire(),
+            "requested": self.requested,
+            "first_available": self.first_available,
+        }
+
+
+class FrameError(ChangelogError):
+    """A changelog frame is malformed, truncated or fails its checksum; it is never applied."""
+
+    http_status = 502
+    temporary = True
+
+
+class FsError(ChangelogError):
+    """A namespace operation failed with a POSIX errno (ENOENT, EEXIST, ENOTEMPTY, ...)."""
+
+    http_status = 409
+
+    def __init__(self, err: int, message: str, *, path: str | None = None) -> None:
+        name = errno_mod.errorcode.get(err, str(err))
+        where = f" ({path})" if path else ""
+        super().__init__(f"{name}: {message}{where}")
+        self.errno = err
+        self.path = path
+        self.strerror = os.strerror(err)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {**super().to_wire(), "errno": self.errno, "path": self.path, "detail": self.message}
+
+
+def from_wire(body: dict[str, Any], status: int) -> ChangelogError:
+    """Rebuild the typed error a node sent; unknown shapes become a plain ChangelogError."""
+    kind = body.get("error", "")
+    message = str(body.get("message", f"HTTP {status}"))
+    if kind == "FsError" and "errno" in body:
+        err = FsError(int(body["errno"]), "", path=body.get("path"))
+        err.args = (message,)
+        err.message = message
+        return err
+    if kind == "NotLeaderError":
+        return NotLeaderError(message, leader_hint=body.get("leader_hint"))
+    if kind == "VersionGoneError":
+        return VersionGoneError(
+            message,
+            requested=int(body.get("requested", 0)),
+            first_available=int(body.get("first_available", 0)),
+        )
+    simple: dict[str, type[ChangelogError]] = {
+        "AuthError": AuthError,
+        "BadRequestError": BadRequestError,
+        "QuorumUnavailableError": QuorumUnavailableError,
+        "FrameError": FrameError,
+    }
+    cls = simple.get(kind, ChangelogError)
+    return cls(message, hint=body.get("hint"))

@@ -1,0 +1,227 @@
+"""One source node: Raft member + durable changelog segments + the loops around them.
+
+Threads: pysyncobj's thread applies commands (MetaState) and appends the resulting records to
+the segment log; the event loop serves HTTP, commits ticks, fsyncs segments and trims them.
+The freshest records are served from the in-state tail (`MetaState.recent`), older ones from
+segment files, so a subscriber at the head sees a record as soon as it is applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from changelog.config import VolumeConfig
+from changelog.errors import VersionGoneError
+from changelog.raftconf import make_conf
+from changelog.raft import RaftNode, now_ms
+from changelog.records import TICK, Record, encode_frame
+from changelog.segments import SegmentGapError, SegmentLog
+from changelog.state import MetaState
+
+log = structlog.get_logger(__name__)
+
+SEGMENT_SYNC_INTERVAL_S = 0.05
+RETENTION_INTERVAL_S = 5.0
+READ_BATCH_BYTES = 1024 * 1024
+
+
+class SourceNode:
+    def __init__(self, cfg: VolumeConfig, node_id: int) -> None:
+        self.cfg = cfg
+        self.node_id = node_id
+        self.me = cfg.node(node_id)
+        self.data_dir = cfg.resolve(self.me.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.segments = SegmentLog.open(
+            self.data_dir / "changelog", segment_bytes=cfg.source.segment_bytes
+        )
+        self._seg_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._changed = asyncio.Event()
+        self.started_at = time.time()
+        self.state = MetaState(on_records=self._on_records)
+        api_by_raft = {n.raft: n.api for n in cfg.source.nodes}
+        partners = [n.raft for n in cfg.source.nodes if n.id != node_id]
+        conf = make_conf(
+            journal_file=self.data_dir / "raft.journal",
+            dump_file=self.data_dir / "raft.dump",
+            password=cfg.secret,
+            on_ready=None,
+        )
+        self.raft = RaftNode(self.me.raft, partners, conf, self.state, api_by_raft=api_by_raft)
+
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._changed = asyncio.Event()
+        with self._seg_lock:
+            self._sync_segments()
+
+    # --- Raft thread ---
+
+    def _on_records(self, records: list[Record]) -> None:
+        with self._seg_lock:
+            try:
+                self.segments.append(records)
+            except SegmentGapError:
+                self._sync_segments()
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._notify)
+
+    def _sync_segments(self) -> None:
+        """Make the segment log end at the state's version, refilling from the in-state tail.
+
+        After a restart or a Raft snapshot install the state can be ahead of the segments; if the
+        tail no longer reaches back to the segments' end, the log restarts at the tail's first
+        version and readers below it get VersionGoneError (they resync), never a gap.
+        """
+        with self.state.lock:
+            recent = list(self.state.recent)
+            version = self.state.version
+        last = self.segments.last_version
+        if version <= last:
+            return
+        if not recent or recent[0].version > last + 1:
+            start = recent[0].version if recent else version + 1
+            log.warning("changelog.segments_reset", last=last, restart_at=start, state=version)
+            self.segments.reset(start)
+        self.segments.append([r for r in recent if r.version > self.segments.last_version])
+
+    # --- event loop ---
+
+    def _notify(self) -> None:
+        ev, self._changed = self._changed, asyncio.Event()
+        ev.set()
+
+    @property
+    def version(self) -> int:
+        return int(self.state.version)
+
+    async def wait_version(self, version: int, timeout_s: float) -> bool:
+        """True once the state has applied `version`; False at the deadline."""
+        deadline = time.monotonic() + timeout_s
+        while self.state.version < version:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+        return True
+
+    def first_available(self) -> int:
+        first = self.segments.first_version
+        return first if first else self.version + 1
+
+    def frames_from(self, version: int, max_bytes: int = READ_BATCH_BYTES) -> list[bytes]:
+        """Frames of records version.., at most ~max_bytes; [] when caught up.
+
+        Raises VersionGoneError below retention. Runs in a worker thread for segment reads.
+        """
+        with self.state.lock:
+            recent = self.state.recent
+            if recent and recent[0].version <= version <= recent[-1].version:
+                out: list[bytes] = []
+                size = 0
+                for rec in itertools.islice(recent, version - recent[0].version, None):
+                    frame = encode_frame(rec)
+                    out.append(frame)
+                    size += len(frame)
+                    if size >= max_bytes:
+                        break
+                return out
+            head = self.state.version
+        if version > head:
+            return []
+        with self._seg_lock:
+            first = self.segments.first_version
+            if not first or version < first:
+                raise VersionGoneError(
+                    f"version {version} is below retention (first available {first or head + 1})",
+                    requested=version,
+                    first_available=first or head + 1,
+                )
+            return list(self.segments.read_frames_from(version, max_bytes=max_bytes))
+
+    async def run_ticker(self, stop: asyncio.Event) -> None:
+        """The leader commits a tick every tick_interval so mirrors can tell quiet from lagging."""
+        interval = self.cfg.source.tick_interval_s
+        while not stop.is_set():
+            if self.raft.is_leader:
+                try:
+                    await self.raft.submit(None, [{"op": TICK}], timeout_s=max(1.0, interval * 5))
+                except Exception as exc:  # noqa: BLE001 - a missed tick is retried next period
+                    log.debug("changelog.tick_failed", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
+    async def run_segment_sync(self, stop: asyncio.Event) -> None:
+        """Group commit of segment files: one fsync per interval, off the Raft thread."""
+        while not stop.is_set():
+            await asyncio.to_thread(self._fsync_segments)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), SEGMENT_SYNC_INTERVAL_S)
+        await asyncio.to_thread(self._fsync_segments)
+
+    def _fsync_segments(self) -> None:
+        with self._seg_lock:
+            self.segments.sync()
+
+    def retention_target(self) -> int:
+        """Segments wholly below this version may go: never past what a mirror still needs,
+        and never inside `retention_min_records`."""
+        src = self.cfg.source
+        target = self.segments.last_version - src.retention_min_records + 1
+        floor = self.state.retention_floor()
+        if floor is not None:
+            target = min(target, floor)
+        return target
+
+    async def run_retention(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), RETENTION_INTERVAL_S)
+            target = self.retention_target()
+            if target > 1:
+                await asyncio.to_thread(self._trim, target)
+
+    def _trim(self, target: int) -> None:
+        min_age_s = self.cfg.source.retention_min_s
+        with self._seg_lock:
+            dropped = self.segments.truncate_before(target, min_age_s=min_age_s)
+        if dropped:
+            log.info("changelog.trimmed", segments=dropped, below=target)
+
+    def status(self) -> dict[str, Any]:
+        raft = self.raft.status()
+        with self.state.lock:
+            version, ts = self.state.version, self.state.last_ts
+        return {
+            "node": self.node_id,
+            "api": self.me.api,
+            **raft,
+            "applied_version": version,
+            "head_ts": ts,
+            "first_available": self.first_available(),
+            "retention_floor": self.state.retention_floor(),
+            "mirrors": self.state.mirror_table(),
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "now_ms": now_ms(),
+        }
+
+    def close(self) -> None:
+        self.raft.close()
+        with self._seg_lock:
+            self.segments.sync()
+            self.segments.close()
+
+
+def node_data_dir(cfg: VolumeConfig, node_id: int) -> Path:
+    return cfg.resolve(cfg.node(node_id).data_dir)

@@ -1,0 +1,44 @@
+"""The `mirrorfs` command: a typer app composed of one module per command group."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli import files, source
+from cli.runtime import setup_logging
+
+app = typer.Typer(
+    name="mirrorfs",
+    help="A multi-region mirror file system for AI data.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config",
+            "-c",
+            envvar="MIRRORFS_CONFIG",
+            help="Topology file (default ./mirrorfs.toml).",
+        ),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "warning",
+) -> None:
+    setup_logging(log_level)
+    ctx.obj = {"config": config}
+
+
+source.register(app)
+files.register(app)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,126 @@
+"""FsClient: the file verbs (put, cat, ls, stat, rm, mv, mkdir) over one region.
+
+Today it reads and writes through the source region; mirror reads with fallback plug in through
+`MetadataView` and a second store, without changing these verbs. A session remembers the last
+version it wrote or saw and passes it as `min_version`, so it reads its own writes and never
+goes back in time on a node that is behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import AsyncIterator
+from typing import BinaryIO
+
+from changelog.client import SourceClient
+from changelog.config import VolumeConfig
+from changelog.errors import FsError
+from changelog.inode import Inode
+from fallback.reader import DEFAULT_READAHEAD, iter_pieces, plan_reads
+from fallback.source_view import SourceView
+from fallback.view import MetadataView
+from fallback.writer import WriteResult, write_file
+from objstore import ObjectStore, open_store
+
+
+class FsClient:
+    def __init__(
+        self,
+        source: SourceClient,
+        store: ObjectStore,
+        *,
+        view: MetadataView | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+    ) -> None:
+        self.source = source
+        self.store = store
+        self.uid = os.getuid() if uid is None else uid
+        self.gid = os.getgid() if gid is None else gid
+        self.view: MetadataView = view or SourceView(source, uid=self.uid, gid=self.gid)
+        self.seen_version = 0
+
+    @classmethod
+    async def for_source(
+        cls, cfg: VolumeConfig, *, uid: int | None = None, gid: int | None = None
+    ) -> FsClient:
+        store = await open_store(cfg.source.bucket, name="source")
+        return cls(SourceClient(cfg.api_urls, cfg.token), store, uid=uid, gid=gid)
+
+    async def aclose(self) -> None:
+        await self.source.aclose()
+        await self.store.aclose()
+
+    async def __aenter__(self) -> FsClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def _saw(self, version: int) -> None:
+        self.seen_version = max(self.seen_version, version)
+
+    async def _op(self, op: str, **args: object) -> int:
+        res = await self.source.op(op, uid=self.uid, gid=self.gid, **args)
+        self._saw(int(res["version"]))
+        return int(res["version"])
+
+    async def put(self, f: BinaryIO, path: str) -> WriteResult:
+        result = await write_file(self.source, self.store, path, f, uid=self.uid, gid=self.gid)
+        self._saw(result.version)
+        return result
+
+    async def mkdir(self, path: str, *, mode: int = 0o755, parents: bool = False) -> int:
+        if not parents:
+            return await self._op("mkdir", path=path, mode=mode)
+        parts = [p for p in path.split("/") if p]
+        version = 0
+        for i in range(1, len(parts) + 1):
+            try:
+                version = await self._op("mkdir", path="/" + "/".join(parts[:i]), mode=mode)
+            except FsError as exc:
+                if exc.errno != errno.EEXIST:  # fine for -p
+                    raise
+        return version
+
+    async def rm(self, path: str, *, dir: bool = False) -> int:
+        return await self._op("rmdir" if dir else "unlink", path=path)
+
+    async def mv(self, src: str, dst: str) -> int:
+        return await self._op("rename", src=src, dst=dst)
+
+    async def stat(self, path: str) -> Inode:
+        version, inode = await self.view.lookup(path, min_version=self.seen_version)
+        self._saw(version)
+        return inode
+
+    async def ls(self, path: str) -> AsyncIterator[tuple[str, Inode]]:
+        after = ""
+        while True:
+            version, rows = await self.view.readdir(
+                path, after=after, limit=1000, min_version=self.seen_version
+            )
+            self._saw(version)
+            for row in rows:
+                yield row
+            if len(rows) < 1000:
+                return
+            after = rows[-1][0]
+
+    async def read(
+        self, path: str, *, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """The file's bytes from `offset`, streamed in block-sized pieces."""
+        version, inode = await self.view.lookup(path, min_version=self.seen_version)
+        self._saw(version)
+        if not inode.is_file:
+            why = "is a directory" if inode.is_dir else "not a regular file"
+            raise FsError(errno.EISDIR, why, path=path)
+        want = inode.size - offset if length is None else length
+        pieces = await plan_reads(self.view, inode, offset, want, min_version=version)
+        async for data in iter_pieces(self.store, pieces, readahead=DEFAULT_READAHEAD):
+            yield data
+
+    async def cat(self, path: str) -> bytes:
+        return b"".join([chunk async for chunk in self.read(path)])

@@ -1,0 +1,41 @@
+"""MetadataView over the source region's HTTP API (reads from any node, or the leader)."""
+
+from __future__ import annotations
+
+from changelog.client import SourceClient
+from changelog.inode import Inode, SliceRef
+from fallback.view import ChunkMap
+
+
+class SourceView:
+    def __init__(self, client: SourceClient, *, uid: int = 0, gid: int = 0) -> None:
+        self.client = client
+        self.uid = uid
+        self.gid = gid
+
+    async def lookup(self, path: str, *, min_version: int = 0) -> tuple[int, Inode]:
+        version, attr = await self.client.meta(
+            "lookup", path=path, uid=self.uid, gid=self.gid, min_version=min_version
+        )
+        return version, Inode.from_dict(attr)
+
+    async def readdir(
+        self, path: str, *, after: str = "", limit: int = 1000, min_version: int = 0
+    ) -> tuple[int, list[tuple[str, Inode]]]:
+        version, rows = await self.client.meta(
+            "readdir",
+            path=path,
+            after=after,
+            limit=limit,
+            uid=self.uid,
+            gid=self.gid,
+            min_version=min_version,
+        )
+        return version, [(r["name"], Inode.from_dict(r["attr"])) for r in rows]
+
+    async def chunk(self, ino: int, index: int, *, min_version: int = 0) -> ChunkMap:
+        _, data = await self.client.meta("chunk", ino=ino, index=index, min_version=min_version)
+        return ChunkMap(
+            [SliceRef.from_dict(s) for s in data["slices"]],
+            {int(k): list(v) for k, v in data["checksums"].items()},
+        )
