@@ -51,6 +51,7 @@ class SourceConfig(_Strict):
     retention_min_records: int = Field(default=DEFAULT_RETENTION_MIN_RECORDS, ge=0)
     segment_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
     gc_grace_s: float = Field(default=3600.0, ge=0)
+    compaction_min_entries: int = Field(default=50_000, ge=10)
 
     @field_validator("nodes")
     @classmethod

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import queue
 import threading
 import time
 from pathlib import Path
@@ -20,15 +21,14 @@ import structlog
 
 from changelog.config import VolumeConfig
 from changelog.errors import VersionGoneError
-from changelog.raftconf import make_conf
 from changelog.raft import RaftNode, now_ms
+from changelog.raftconf import make_conf
 from changelog.records import TICK, Record, encode_frame
 from changelog.segments import SegmentGapError, SegmentLog
 from changelog.state import MetaState
 
 log = structlog.get_logger(__name__)
 
-SEGMENT_SYNC_INTERVAL_S = 0.05
 RETENTION_INTERVAL_S = 5.0
 READ_BATCH_BYTES = 1024 * 1024
 
@@ -44,6 +44,10 @@ class SourceNode:
             self.data_dir / "changelog", segment_bytes=cfg.source.segment_bytes
         )
         self._seg_lock = threading.Lock()
+        self._seg_queue: queue.SimpleQueue[list[Record] | None] = queue.SimpleQueue()
+        self._seg_thread = threading.Thread(
+            target=self._segment_writer, name="segment-writer", daemon=True
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed = asyncio.Event()
         self.started_at = time.time()
@@ -54,7 +58,7 @@ class SourceNode:
             journal_file=self.data_dir / "raft.journal",
             dump_file=self.data_dir / "raft.dump",
             password=cfg.secret,
-            on_ready=None,
+            log_compaction_min_entries=cfg.source.compaction_min_entries,
         )
         self.raft = RaftNode(self.me.raft, partners, conf, self.state, api_by_raft=api_by_raft)
 
@@ -63,18 +67,40 @@ class SourceNode:
         self._changed = asyncio.Event()
         with self._seg_lock:
             self._sync_segments()
+        if not self._seg_thread.is_alive():
+            self._seg_thread.start()
 
     # --- Raft thread ---
 
     def _on_records(self, records: list[Record]) -> None:
-        with self._seg_lock:
-            try:
-                self.segments.append(records)
-            except SegmentGapError:
-                self._sync_segments()
+        """Hand records to the segment writer and wake readers; never touches the disk, since
+        anything slow on the Raft thread delays every commit (and can depose the leader)."""
+        self._seg_queue.put(records)
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._notify)
+
+    def _segment_writer(self) -> None:
+        """Append what the Raft thread applied, one fsync per drained batch (group commit)."""
+        while True:
+            batch = self._seg_queue.get()
+            stop = batch is None
+            records: list[Record] = list(batch or ())
+            while not self._seg_queue.empty():
+                more = self._seg_queue.get_nowait()
+                if more is None:
+                    stop = True
+                else:
+                    records.extend(more)
+            with self._seg_lock:
+                if records:
+                    try:
+                        self.segments.append(records)
+                    except SegmentGapError:
+                        self._sync_segments()
+                self.segments.sync()
+            if stop:
+                return
 
     def _sync_segments(self) -> None:
         """Make the segment log end at the state's version, refilling from the in-state tail.
@@ -125,6 +151,13 @@ class SourceNode:
 
         Raises VersionGoneError below retention. Runs in a worker thread for segment reads.
         """
+        first = self.segments.first_version
+        if first and version < first:
+            raise VersionGoneError(
+                f"version {version} is below retention (first available {first})",
+                requested=version,
+                first_available=first,
+            )
         with self.state.lock:
             recent = self.state.recent
             if recent and recent[0].version <= version <= recent[-1].version:
@@ -141,13 +174,6 @@ class SourceNode:
         if version > head:
             return []
         with self._seg_lock:
-            first = self.segments.first_version
-            if not first or version < first:
-                raise VersionGoneError(
-                    f"version {version} is below retention (first available {first or head + 1})",
-                    requested=version,
-                    first_available=first or head + 1,
-                )
             return list(self.segments.read_frames_from(version, max_bytes=max_bytes))
 
     async def run_ticker(self, stop: asyncio.Event) -> None:
@@ -161,18 +187,6 @@ class SourceNode:
                     log.debug("changelog.tick_failed", error=str(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
-
-    async def run_segment_sync(self, stop: asyncio.Event) -> None:
-        """Group commit of segment files: one fsync per interval, off the Raft thread."""
-        while not stop.is_set():
-            await asyncio.to_thread(self._fsync_segments)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), SEGMENT_SYNC_INTERVAL_S)
-        await asyncio.to_thread(self._fsync_segments)
-
-    def _fsync_segments(self) -> None:
-        with self._seg_lock:
-            self.segments.sync()
 
     def retention_target(self) -> int:
         """Segments wholly below this version may go: never past what a mirror still needs,
@@ -218,7 +232,11 @@ class SourceNode:
 
     def close(self) -> None:
         self.raft.close()
+        self._seg_queue.put(None)
+        if self._seg_thread.is_alive():
+            self._seg_thread.join(timeout=10)
         with self._seg_lock:
+            self._sync_segments()
             self.segments.sync()
             self.segments.close()
 

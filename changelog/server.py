@@ -28,7 +28,6 @@ async def serve_node(cfg: VolumeConfig, node_id: int, stop: asyncio.Event) -> No
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(node.run_ticker(stop))
-            tg.create_task(node.run_segment_sync(stop))
             tg.create_task(node.run_retention(stop))
             await stop.wait()
     finally:

@@ -26,6 +26,7 @@ class SourceCluster:
         base = new_volume(directory, nodes=nodes, bucket=None, name="test")
         source = base.source.model_copy(update=source_overrides)
         self.cfg: VolumeConfig = base.model_copy(update={"source": source})
+        directory.mkdir(parents=True, exist_ok=True)
         self.config_path = directory / "mirrorfs.toml"
         write_config(self.cfg, self.config_path)
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
