@@ -49,6 +49,9 @@ class SourceConfig(_Strict):
     tick_interval_s: float = Field(default=DEFAULT_TICK_INTERVAL_S, gt=0)
     retention_min_s: float = Field(default=DEFAULT_RETENTION_MIN_S, ge=0)
     retention_min_records: int = Field(default=DEFAULT_RETENTION_MIN_RECORDS, ge=0)
+    # A hard cap (0 = none) that wins over mirrors' holds: a mirror offline for days must not
+    # grow the source's log without bound; it resyncs from a snapshot when it comes back.
+    retention_max_records: int = Field(default=0, ge=0)
     segment_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
     gc_grace_s: float = Field(default=3600.0, ge=0)
     compaction_min_entries: int = Field(default=50_000, ge=10)

@@ -173,8 +173,8 @@ class SourceNode:
             head = self.state.version
         if version > head:
             return []
-        with self._seg_lock:
-            return list(self.segments.read_frames_from(version, max_bytes=max_bytes))
+        # SegmentLog is thread-safe for readers; the writer thread is never held up by a read.
+        return list(self.segments.read_frames_from(version, max_bytes=max_bytes))
 
     async def run_ticker(self, stop: asyncio.Event) -> None:
         """The leader commits a tick every tick_interval so mirrors can tell quiet from lagging."""
@@ -189,13 +189,15 @@ class SourceNode:
                 await asyncio.wait_for(stop.wait(), interval)
 
     def retention_target(self) -> int:
-        """Segments wholly below this version may go: never past what a mirror still needs,
-        and never inside `retention_min_records`."""
+        """Segments wholly below this version may go: never inside `retention_min_records`,
+        never past what a registered mirror still needs unless `retention_max_records` says so."""
         src = self.cfg.source
         target = self.segments.last_version - src.retention_min_records + 1
         floor = self.state.retention_floor()
         if floor is not None:
             target = min(target, floor)
+        if src.retention_max_records:
+            target = max(target, self.segments.last_version - src.retention_max_records + 1)
         return target
 
     async def run_retention(self, stop: asyncio.Event) -> None:

@@ -45,7 +45,11 @@ class ObjectStore(Protocol):
         ...
 
     def list(self, prefix: str = "", *, start_after: str = "") -> AsyncIterator[ObjectMeta]:
-        """Keys starting with `prefix` and greater than `start_after`, in byte order."""
+        """Keys starting with `prefix` and greater than `start_after`, in byte order.
+
+        Caveat: SeaweedFS orders keys by path component ("a/b" before "a-c"); for keys of one
+        shape, such as block keys, that is the same order.
+        """
         ...
 
     async def aclose(self) -> None:

@@ -101,7 +101,7 @@ async def test_s3_throttling_and_5xx_through_a_proxy_are_survived(
         assert await store.get("k") == b"value"
         fault_proxy.drop_next(1)
         assert (await store.head("k")).size == 5
-        assert fault_proxy.faults_injected >= 6
+        assert fault_proxy.stats().faults_injected >= 6
     finally:
         await store.aclose()
 
@@ -112,9 +112,9 @@ async def test_s3_not_found_is_not_retried(
     url = f"s3://{s3_bucket}?endpoint={fault_proxy.url}"
     store = await open_store(url, registry=CollectorRegistry())
     try:
-        before = fault_proxy.requests_seen
+        before = fault_proxy.stats().requests_seen
         with pytest.raises(NotFoundError):
             await store.get("missing")
-        assert fault_proxy.requests_seen == before + 1
+        assert fault_proxy.stats().requests_seen == before + 1
     finally:
         await store.aclose()
