@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,27 +79,53 @@ def _publish(tmp: Path, final: Path) -> None:
         old.unlink(missing_ok=True)
 
 
-def read_snapshot_records(chunks: Iterator[bytes]) -> Iterator[Record]:
-    """Decode and check a snapshot stream: header first, end last, row count matches."""
-    decoder = FrameDecoder()
-    header: Record | None = None
-    rows = 0
-    for chunk in chunks:
-        for rec in decoder.feed(chunk):
-            if header is None:
+class SnapshotDecoder:
+    """Incremental, checked decoding of a snapshot stream: header first, trailer last, and the
+    trailer's row count must match. Feed chunks; call `finish()` at end of stream."""
+
+    def __init__(self) -> None:
+        self._frames = FrameDecoder()
+        self.header: Record | None = None
+        self.rows = 0
+        self.done = False
+
+    def feed(self, chunk: bytes) -> Iterator[Record]:
+        for rec in self._frames.feed(chunk):
+            if self.done:
+                raise FrameError("data after the snapshot trailer")
+            if self.header is None:
                 if rec.op != HEADER_OP:
                     raise FrameError(f"snapshot starts with {rec.op!r}, not a header")
-                header = rec
+                self.header = rec
                 yield rec
             elif rec.op == END_OP:
-                if rec.effect.get("rows") != rows:
-                    raise FrameError(f"snapshot has {rows} rows, trailer says {rec.effect}")
-                decoder.finish()
-                return
+                if rec.effect.get("rows") != self.rows:
+                    raise FrameError(f"snapshot has {self.rows} rows, trailer says {rec.effect}")
+                self.done = True
             else:
-                rows += 1
+                self.rows += 1
                 yield rec
-    raise FrameError("snapshot stream ended before its trailer")
+
+    def finish(self) -> None:
+        self._frames.finish()
+        if not self.done:
+            raise FrameError("snapshot stream ended before its trailer")
+
+
+def read_snapshot_records(chunks: Iterable[bytes]) -> Iterator[Record]:
+    """Decode and check a whole snapshot stream (see SnapshotDecoder)."""
+    decoder = SnapshotDecoder()
+    for chunk in chunks:
+        yield from decoder.feed(chunk)
+    decoder.finish()
+
+
+async def aread_snapshot_records(chunks: AsyncIterator[bytes]) -> AsyncIterator[Record]:
+    decoder = SnapshotDecoder()
+    async for chunk in chunks:
+        for rec in decoder.feed(chunk):
+            yield rec
+    decoder.finish()
 
 
 def load_snapshot(path: Path) -> tuple[int, int, Namespace]:

@@ -15,6 +15,7 @@ import typer
 
 from changelog.config import VolumeConfig, load_config
 from changelog.errors import ChangelogError
+from mirror.errors import MirrorError
 from objstore.errors import StoreError
 
 T = TypeVar("T")
@@ -56,6 +57,8 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         fail(exc.message, exc.hint)
     except StoreError as exc:
         fail(str(exc), exc.hint)
+    except MirrorError as exc:
+        fail(exc.message, exc.hint)
     except KeyboardInterrupt:
         fail("interrupted", code=130)
 
