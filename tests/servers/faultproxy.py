@@ -122,6 +122,7 @@ class FaultProxy:
         self._drop_after_left = 0
         self._latency_s = 0.0
         self._down: DownMode | None = None
+        self._mangle: list[tuple[str, int]] = []  # ("corrupt"|"truncate", at_byte) per response
         self._seen = 0
         self._forwarded = 0
         self._errors = 0
@@ -217,6 +218,17 @@ class FaultProxy:
                 self._drop_after_left = n
             else:
                 self._drop_before_left = n
+
+    def corrupt_next(self, n: int, *, at_byte: int) -> None:
+        """Flip one bit of byte `at_byte` in the bodies of the next n successful responses."""
+        with self._lock:
+            self._mangle.extend([("corrupt", at_byte)] * n)
+
+    def truncate_next(self, n: int, *, at_byte: int) -> None:
+        """Cut the bodies of the next n successful responses after `at_byte` bytes, then drop
+        the connection (a truncated stream, as a dying server or middlebox would leave)."""
+        with self._lock:
+            self._mangle.extend([("truncate", at_byte)] * n)
 
     def set_latency(self, latency_s: float) -> None:
         """Delay every request by `latency_s` before it goes upstream (one way)."""
@@ -380,8 +392,23 @@ class FaultProxy:
                 response = web.StreamResponse(
                     status=upstream.status, reason=upstream.reason, headers=out_headers
                 )
+                mangle: tuple[str, int] | None = None
+                with self._lock:
+                    if self._mangle and upstream.status < 300:
+                        mangle = self._mangle.pop(0)
+                        self._errors += 1
                 await response.prepare(request)
+                offset = 0
                 async for chunk in upstream.content.iter_chunked(STREAM_CHUNK_BYTES):
+                    if mangle is not None and offset <= mangle[1] < offset + len(chunk):
+                        at = mangle[1] - offset
+                        if mangle[0] == "truncate":
+                            await response.write(chunk[:at])
+                            assert request.transport is not None
+                            request.transport.close()
+                            return response
+                        chunk = chunk[:at] + bytes([chunk[at] ^ 0x01]) + chunk[at + 1 :]
+                    offset += len(chunk)
                     await response.write(chunk)
                 await response.write_eof()
                 return response
