@@ -10,6 +10,7 @@ or the new, never a mix.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -31,6 +32,21 @@ class WriteResult:
     size: int
     version: int
     slices: int
+
+
+def _size_of(f: BinaryIO) -> int | None:
+    """The bytes left in `f` if knowable (to reserve slice ids in one go), else None."""
+    try:
+        return os.fstat(f.fileno()).st_size - f.tell()
+    except (OSError, AttributeError, io.UnsupportedOperation):
+        pass
+    try:
+        here = f.tell()
+        end = f.seek(0, io.SEEK_END)
+        f.seek(here)
+        return end - here
+    except (OSError, AttributeError, io.UnsupportedOperation):
+        return None
 
 
 async def read_pieces(f: BinaryIO) -> AsyncIterator[bytes]:
@@ -73,7 +89,7 @@ async def write_file(
 
     Raises the op's FsError (nothing committed) if e.g. the parent is missing or not writable.
     """
-    size = os.fstat(f.fileno()).st_size if hasattr(f, "fileno") else None
+    size = _size_of(f)
     pieces_needed = max(1, -(-size // CHUNK_SIZE)) if size is not None else 1
     alloc = await client.op("alloc_slices", count=pieces_needed, uid=uid, gid=gid)
     next_id = int(alloc["effect"]["first"])

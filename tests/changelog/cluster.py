@@ -21,9 +21,11 @@ from cli.source import new_volume
 
 
 class SourceCluster:
-    def __init__(self, directory: Path, *, nodes: int = 3, **source_overrides: Any) -> None:
+    def __init__(
+        self, directory: Path, *, nodes: int = 3, bucket: str | None = None, **source_overrides: Any
+    ) -> None:
         self.directory = directory
-        base = new_volume(directory, nodes=nodes, bucket=None, name="test")
+        base = new_volume(directory, nodes=nodes, bucket=bucket, name="test")
         source = base.source.model_copy(update=source_overrides)
         self.cfg: VolumeConfig = base.model_copy(update={"source": source})
         directory.mkdir(parents=True, exist_ok=True)
