@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cli import files, mirror, source
+from cli import demo, files, mirror, source
 from cli.runtime import setup_logging
 
 app = typer.Typer(
@@ -39,6 +39,7 @@ def main_options(
 source.register(app)
 files.register(app)
 mirror.register(app)
+demo.register(app)
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from mirror.status import region_status
 
 log = structlog.get_logger(__name__)
 SOURCE_POLL_INTERVAL_S = 2.0
+FINAL_ACK_TIMEOUT_S = 2.0
 
 
 @contextlib.asynccontextmanager
@@ -102,6 +103,9 @@ async def run_region(cfg: VolumeConfig, name: str, stop: asyncio.Event) -> None:
                 tg.create_task(follower.run(stop))
                 tg.create_task(poll_source(follower, cfg, stop))
         finally:
-            await follower.ack()
+            # One last ack so the source's retention and GC do not wait for our next start;
+            # bounded, since the source may be the thing that is going away.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(follower.ack(), FINAL_ACK_TIMEOUT_S)
             await runner.cleanup()
             log.info("mirror.stopped", mirror=name)

