@@ -11,17 +11,23 @@ import asyncio
 import time
 from typing import Any
 
-from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf
+from pysyncobj import FAIL_REASON, SyncObjConf
 
 from changelog.errors import NotLeaderError, QuorumUnavailableError
+from changelog.raftconf import DurableSyncObj
 from changelog.state import MetaState
 
 DEFAULT_COMMAND_TIMEOUT_S = 10.0
+MAX_INFLIGHT = 2  # Raft entries in flight at once; more requests wait and share the next one
+MAX_OPS_PER_ENTRY = 5_000
 _ROLES = {0: "follower", 1: "candidate", 2: "leader"}
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+_Waiting = tuple[str | None, list[dict[str, Any]], "asyncio.Future[list[dict[str, Any]]]"]
 
 
 class RaftNode:
@@ -39,7 +45,9 @@ class RaftNode:
         self.state = state
         self.self_addr = self_addr
         self.api_by_raft = api_by_raft
-        self.sync = SyncObj(self_addr, partners, conf, consumers=[state])
+        self.sync = DurableSyncObj(self_addr, partners, conf, consumers=[state])
+        self._waiting: list[_Waiting] = []
+        self._inflight = 0
 
     async def submit(
         self,
@@ -48,25 +56,63 @@ class RaftNode:
         *,
         timeout_s: float = DEFAULT_COMMAND_TIMEOUT_S,
     ) -> list[dict[str, Any]]:
-        """Commit a batch and return its per-op results.
+        """Commit a batch of ops and return its per-op results.
+
+        Group commit: while MAX_INFLIGHT Raft entries are in flight, new requests wait and then
+        go together in one entry, so a loaded node sends a few large entries instead of one
+        pickled, encrypted message per request and follower (measured: the Raft thread was the
+        bottleneck at ~650 requests/s with one entry each). An idle node sends at once.
 
         Raises QuorumUnavailableError (temporary) when no leader committed it in time; the batch
         may still commit later, which is why callers retry with the same request_id.
         """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[dict[str, Any]]] = loop.create_future()
-
-        def done(result: Any, error: int) -> None:
-            loop.call_soon_threadsafe(_resolve, fut, result, error, self.leader_api())
-
-        self.state.apply_batch(request_id, ops, now_ms(), callback=done)
+        self._waiting.append((request_id, ops, fut))
+        self._flush(loop)
         try:
-            return await asyncio.wait_for(fut, timeout_s)
+            return await asyncio.wait_for(asyncio.shield(fut), timeout_s)
         except TimeoutError:
             raise QuorumUnavailableError(
                 f"no commit within {timeout_s:.0f}s (no quorum or no leader); "
                 "the batch may still commit: retry with the same request_id"
             ) from None
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        while self._waiting and self._inflight < MAX_INFLIGHT:
+            take, size = 0, 0
+            while take < len(self._waiting) and size < MAX_OPS_PER_ENTRY:
+                size += len(self._waiting[take][1])
+                take += 1
+            items, self._waiting = self._waiting[:take], self._waiting[take:]
+            self._inflight += 1
+
+            def done(result: Any, error: int, items: list[_Waiting] = items) -> None:
+                loop.call_soon_threadsafe(self._done, loop, items, result, error)
+
+            self.state.apply_requests(
+                [(rid, ops) for rid, ops, _ in items], now_ms(), callback=done
+            )
+
+    def _done(
+        self, loop: asyncio.AbstractEventLoop, items: list[_Waiting], result: Any, error: int
+    ) -> None:
+        self._inflight -= 1
+        leader = self.leader_api()
+        for i, (_, _, fut) in enumerate(items):
+            if fut.done():
+                continue
+            if error == FAIL_REASON.SUCCESS:
+                fut.set_result(result[i])
+            elif error in (FAIL_REASON.NOT_LEADER, FAIL_REASON.LEADER_CHANGED):
+                fut.set_exception(
+                    NotLeaderError("leader changed before commit", leader_hint=leader)
+                )
+            else:
+                fut.set_exception(
+                    QuorumUnavailableError(f"command not committed (pysyncobj fail reason {error})")
+                )
+        self._flush(loop)
 
     @property
     def role(self) -> str:
@@ -104,18 +150,3 @@ class RaftNode:
 
     def close(self) -> None:
         self.sync.destroy()
-
-
-def _resolve(
-    fut: asyncio.Future[list[dict[str, Any]]], result: Any, error: int, leader: str | None
-) -> None:
-    if fut.done():
-        return
-    if error == FAIL_REASON.SUCCESS:
-        fut.set_result(result)
-    elif error in (FAIL_REASON.NOT_LEADER, FAIL_REASON.LEADER_CHANGED):
-        fut.set_exception(NotLeaderError("leader changed before commit", leader_hint=leader))
-    else:
-        fut.set_exception(
-            QuorumUnavailableError(f"command not committed (pysyncobj fail reason {error})")
-        )

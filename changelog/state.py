@@ -54,38 +54,49 @@ class MetaState(SyncObjConsumer):  # type: ignore[misc]
         self.results: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
 
     @replicated  # type: ignore[misc,untyped-decorator]
-    def apply_batch(self, request_id: str | None, ops: list[dict[str, Any]], ts: int) -> Any:
-        """Apply ops in order; each success is one record. Never raises (a raise kills Raft)."""
+    def apply_requests(
+        self, requests: list[tuple[str | None, list[dict[str, Any]]]], ts: int
+    ) -> list[list[dict[str, Any]]]:
+        """Apply client requests in order (one Raft entry carries many: group commit); each
+        successful op is one record. Returns per request its per-op results. Never raises
+        (an exception here would stop the Raft thread)."""
+        emitted: list[Record] = []
         with self.lock:
-            if request_id and request_id in self.results:
-                return self.results[request_id]
-            results: list[dict[str, Any]] = []
-            emitted: list[Record] = []
-            for op in ops:
-                try:
-                    name, args = _parse_op(op)
-                    if name == TICK:
-                        effect: dict[str, Any] = {}
-                    elif name in MIRROR_OPS:
-                        effect = self._mirror_op(name, args)
-                    else:
-                        effect = self.ns.apply(name, args, max(ts, self.last_ts))
-                except FsError as exc:
-                    results.append(error_result(exc))
-                    continue
-                except Exception as exc:  # noqa: BLE001 - a bug must not take the node down
-                    err = FsError(22, f"internal error applying {op!r}: {exc!r}")
-                    results.append(error_result(err))
-                    continue
-                record = self._emit(name, effect, ts)
-                emitted.append(record)
-                results.append({"ok": True, "version": record.version, "effect": effect})
-            if request_id:
-                self.results[request_id] = results
-                while len(self.results) > REMEMBERED_REQUESTS:
-                    self.results.popitem(last=False)
+            out = [self._apply_request(rid, ops, ts, emitted) for rid, ops in requests]
         if emitted:
             self._on_records(emitted)
+        return out
+
+    def _apply_request(
+        self, request_id: str | None, ops: list[dict[str, Any]], ts: int, emitted: list[Record]
+    ) -> list[dict[str, Any]]:
+        if request_id and request_id in self.results:
+            return self.results[request_id]
+        results: list[dict[str, Any]] = []
+        for op in ops:
+            try:
+                name, args = _parse_op(op)
+                if name == TICK:
+                    effect: dict[str, Any] = {}
+                elif name in MIRROR_OPS:
+                    effect = self._mirror_op(name, args)
+                else:
+                    effect = self.ns.apply(name, args, max(ts, self.last_ts))
+            except FsError as exc:
+                results.append(error_result(exc))
+                continue
+            except Exception as exc:  # noqa: BLE001 - a bug must not take the node down
+                results.append(
+                    error_result(FsError(22, f"internal error applying {op!r}: {exc!r}"))
+                )
+                continue
+            record = self._emit(name, effect, ts)
+            emitted.append(record)
+            results.append({"ok": True, "version": record.version, "effect": effect})
+        if request_id:
+            self.results[request_id] = results
+            while len(self.results) > REMEMBERED_REQUESTS:
+                self.results.popitem(last=False)
         return results
 
     def _emit(self, op: str, effect: dict[str, Any], ts: int) -> Record:
