@@ -76,7 +76,7 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
         return error_response(exc)
     except web.HTTPException:
         raise
-    except Exception as exc:  # noqa: BLE001 - answer JSON and keep serving; the log has the stack
+    except Exception as exc:  # answer JSON and keep serving; the log has the stack
         log.exception("api.internal_error", path=request.path)
         return error_response(ChangelogError(f"internal error: {type(exc).__name__}: {exc}"))
 

@@ -21,6 +21,7 @@ import structlog
 
 from changelog.config import VolumeConfig
 from changelog.errors import VersionGoneError
+from changelog.gc import SourceGc
 from changelog.raft import RaftNode, now_ms
 from changelog.raftconf import make_conf
 from changelog.records import TICK, Record, encode_frame
@@ -61,6 +62,7 @@ class SourceNode:
             log_compaction_min_entries=cfg.source.compaction_min_entries,
         )
         self.raft = RaftNode(self.me.raft, partners, conf, self.state, api_by_raft=api_by_raft)
+        self.gc: SourceGc | None = None  # set by serve_node once the bucket is open
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -196,6 +198,9 @@ class SourceNode:
         floor = self.state.retention_floor()
         if floor is not None:
             target = min(target, floor)
+        hold = self.gc.retention_hold() if self.gc else None
+        if hold is not None:  # GC still has to read the freed blocks out of these records
+            target = min(target, hold)
         if src.retention_max_records:
             target = max(target, self.segments.last_version - src.retention_max_records + 1)
         return target
@@ -228,6 +233,7 @@ class SourceNode:
             "first_available": self.first_available(),
             "retention_floor": self.state.retention_floor(),
             "mirrors": self.state.mirror_table(),
+            "gc": self.gc.status() if self.gc else None,
             "uptime_s": round(time.time() - self.started_at, 1),
             "now_ms": now_ms(),
         }

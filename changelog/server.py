@@ -10,27 +10,40 @@ from aiohttp import web
 
 from changelog.api import build_app
 from changelog.config import VolumeConfig
+from changelog.gc import SourceGc
 from changelog.node import SourceNode
+from objstore import open_store
 
 log = structlog.get_logger(__name__)
 
 
 async def serve_node(cfg: VolumeConfig, node_id: int, stop: asyncio.Event) -> None:
     """Serve until `stop` is set; then stop the loops, the HTTP server and Raft, in that order."""
+    store = await open_store(cfg.source.bucket, name="source")  # a bad bucket fails here, first
     node = await asyncio.to_thread(SourceNode, cfg, node_id)
     node.bind_loop(asyncio.get_running_loop())
+    node.gc = SourceGc(
+        node.state,
+        node.segments,
+        node.data_dir,
+        store,
+        is_leader=lambda: node.raft.is_leader,
+        grace_s=cfg.source.gc_grace_s,
+    )
     api = urlsplit(node.me.api)
     runner = web.AppRunner(build_app(node), access_log=None, handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, api.hostname or "127.0.0.1", api.port or 80, reuse_address=True)
-    await site.start()
-    log.info("source.serving", node=node_id, api=node.me.api, raft=node.me.raft)
     try:
+        await runner.setup()
+        site = web.TCPSite(runner, api.hostname or "127.0.0.1", api.port or 80, reuse_address=True)
+        await site.start()
+        log.info("source.serving", node=node_id, api=node.me.api, raft=node.me.raft)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(node.run_ticker(stop))
             tg.create_task(node.run_retention(stop))
+            tg.create_task(node.gc.run(stop))
             await stop.wait()
     finally:
         await runner.cleanup()
         await asyncio.to_thread(node.close)
+        await store.aclose()
         log.info("source.stopped", node=node_id)

@@ -21,7 +21,9 @@ from changelog.config import VolumeConfig
 from mirror.db import Database
 from mirror.embedded import EmbeddedPostgres, start_embedded
 from mirror.follower import Follower
+from mirror.gc import MirrorGc
 from mirror.status import region_status
+from objstore import open_store
 
 log = structlog.get_logger(__name__)
 SOURCE_POLL_INTERVAL_S = 2.0
@@ -58,12 +60,14 @@ async def poll_source(follower: Follower, cfg: VolumeConfig, stop: asyncio.Event
             follower.status.source_version = max(
                 follower.status.source_version, int(st["applied_version"])
             )
+            held_by = (st.get("gc") or {}).get("held_by") or {}
+            follower.status.source_gc_hold = held_by.get(follower.name)
             break
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), SOURCE_POLL_INTERVAL_S)
 
 
-def status_app(cfg: VolumeConfig, name: str, follower: Follower) -> web.Application:
+def status_app(cfg: VolumeConfig, name: str, follower: Follower, gc: MirrorGc) -> web.Application:
     token = cfg.token.encode()
 
     @web.middleware
@@ -81,6 +85,7 @@ def status_app(cfg: VolumeConfig, name: str, follower: Follower) -> web.Applicat
         body = await region_status(
             name, cfg.name, cfg.mirror(name).window_s, follower.status, follower.replica
         )
+        body["gc"] = await gc.status()
         return web.Response(body=orjson.dumps(body), content_type="application/json")
 
     app = web.Application(middlewares=[auth])
@@ -93,8 +98,10 @@ async def run_region(cfg: VolumeConfig, name: str, stop: asyncio.Event) -> None:
     async with open_replica(cfg, name) as db, SourceClient(cfg.api_urls, cfg.token) as source:
         await db.migrate()
         follower = Follower(name, db, source)
+        mirror_store = await open_store(mcfg.bucket, name="mirror")
+        gc = MirrorGc(db, mirror_store, grace_s=cfg.source.gc_grace_s)
         api = urlsplit(mcfg.api)
-        runner = web.AppRunner(status_app(cfg, name, follower), access_log=None)
+        runner = web.AppRunner(status_app(cfg, name, follower, gc), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, api.hostname or "127.0.0.1", api.port or 80).start()
         log.info("mirror.running", mirror=name, api=mcfg.api)
@@ -102,10 +109,12 @@ async def run_region(cfg: VolumeConfig, name: str, stop: asyncio.Event) -> None:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(follower.run(stop))
                 tg.create_task(poll_source(follower, cfg, stop))
+                tg.create_task(gc.run(stop))
         finally:
             # One last ack so the source's retention and GC do not wait for our next start;
             # bounded, since the source may be the thing that is going away.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(follower.ack(), FINAL_ACK_TIMEOUT_S)
             await runner.cleanup()
+            await mirror_store.aclose()
             log.info("mirror.stopped", mirror=name)

@@ -51,6 +51,7 @@ class FollowerStatus:
     last_error_at: float | None = None
     resyncs: int = 0
     records_applied: int = 0
+    source_gc_hold: dict[str, Any] | None = None  # this mirror holding the source's GC back
     _rate: float = 0.0
     _rate_at: float = field(default_factory=time.monotonic)
 

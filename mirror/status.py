@@ -5,7 +5,8 @@ Stable field names (operators script against them; see README "Mirror status"):
     mirror, volume, state (starting|syncing|following|resyncing|disconnected|stopped),
     applied_version, applied_ts, source_version, lag_versions, lag_seconds, records_per_s,
     blocks_pending, bytes_pending, blocks_failed, window_s, resyncs, last_error, last_error_at,
-    now_ms
+    gc_held_back (null, or {acked, version, since_ms, age_s}: this mirror is what keeps the
+    source from deleting garbage blocks), gc (the mirror bucket's own garbage), now_ms
 
 Counts of blocks come from the block table itself at the time of asking, never from counters
 kept in memory (they would be wrong after a restart).
@@ -36,6 +37,7 @@ STATUS_FIELDS = (
     "resyncs",
     "last_error",
     "last_error_at",
+    "gc_held_back",
     "now_ms",
 )
 
@@ -65,5 +67,6 @@ async def region_status(
         "resyncs": follower.resyncs,
         "last_error": follower.last_error,
         "last_error_at": follower.last_error_at,
+        "gc_held_back": follower.source_gc_hold,
         "now_ms": now_ms,
     }
