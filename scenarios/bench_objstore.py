@@ -51,7 +51,9 @@ async def bench(endpoint: str, bucket: str, blocks: int, rounds: int, inflight: 
     store: ObjectStore = await open_store(f"s3://{bucket}?endpoint={endpoint}", name="bench")
     session = get_session()
     config = AioConfig(retries={"total_max_attempts": 1}, max_pool_connections=64)
-    results: dict[str, list[float]] = {k: [] for k in ("raw put", "layered put", "raw get", "layered get")}
+    results: dict[str, list[float]] = {
+        k: [] for k in ("raw put", "layered put", "raw get", "layered get")
+    }
     async with session.create_client(
         "s3", endpoint_url=endpoint, region_name="us-east-1", config=config
     ) as raw:

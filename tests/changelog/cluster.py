@@ -7,6 +7,7 @@ Each node is its own process (kill -9 is a real crash); every process started is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -105,10 +106,8 @@ class SourceCluster:
         async with SourceClient(self.cfg.api_urls, self.cfg.token, timeout_s=2) as c:
             for i in node_ids or self.node_ids:
                 if i in self.procs and self.procs[i].poll() is None:
-                    try:
+                    with contextlib.suppress(Exception):  # not up yet
                         out[i] = await c.status(self.api(i))
-                    except Exception:  # noqa: BLE001 - not up yet
-                        pass
         return out
 
     async def wait_leader(self, timeout_s: float = 30.0, among: list[int] | None = None) -> int:
