@@ -183,7 +183,7 @@ async def get_changelog(request: web.Request) -> web.StreamResponse:
         raise BadRequestError("'from' must be >= 1")
     follow = request.query.get("follow", "1") not in ("0", "false")
     next_version = start
-    frames = await asyncio.to_thread(node.frames_from, next_version)  # VersionGone -> 410 here
+    frames = await frames_at(node, next_version)  # VersionGone -> 410 here
     resp = web.StreamResponse(headers={"Content-Type": FRAMES_CONTENT_TYPE})
     resp.headers["X-Mirrorfs-Head"] = str(node.version)
     await resp.prepare(request)
@@ -196,12 +196,19 @@ async def get_changelog(request: web.Request) -> web.StreamResponse:
         else:
             await node.wait_version(next_version, 1.0)
         try:
-            frames = await asyncio.to_thread(node.frames_from, next_version)
+            frames = await frames_at(node, next_version)
         except ChangelogError as exc:  # retention passed us mid-stream: end; the reader resumes
             log.warning("api.changelog_stream_ended", error=str(exc), at=next_version)
             break
     await resp.write_eof()
     return resp
+
+
+async def frames_at(node: SourceNode, version: int) -> list[bytes]:
+    frames = node.frames_recent(version)
+    if frames is None:  # older than the in-memory tail: segment files, off the event loop
+        frames = await asyncio.to_thread(node.frames_from, version)
+    return frames
 
 
 async def get_snapshot(request: web.Request) -> web.StreamResponse:

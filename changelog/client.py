@@ -256,6 +256,7 @@ class SourceClient:
         if node:
             resp = await connect(node.rstrip("/"))
         else:
+            await self._prefer_leader()
             resp = await self._rotate(connect, "changelog stream")
         decoder = FrameDecoder()
         async with resp:
@@ -263,6 +264,19 @@ class SourceClient:
                 for rec in decoder.feed(chunk):
                     yield rec
         decoder.finish()
+
+    async def _prefer_leader(self) -> None:
+        """Stream from the leader when one is known: a follower applies an entry only when the
+        next message from the leader tells it the entry committed, which adds up to a heartbeat
+        of lag; any node still serves if the leader cannot."""
+        for url in self._order():
+            try:
+                leader = (await self.status(url)).get("leader")
+            except (ChangelogError, aiohttp.ClientError, TimeoutError, OSError):
+                continue
+            if leader and leader.rstrip("/") in self.urls:
+                self._preferred = self.urls.index(leader.rstrip("/"))
+            return
 
     async def snapshot(self) -> AsyncIterator[bytes]:
         """The raw snapshot stream (decode with snapshot.read_snapshot_records)."""

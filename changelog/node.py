@@ -148,11 +148,10 @@ class SourceNode:
         first = self.segments.first_version
         return first if first else self.version + 1
 
-    def frames_from(self, version: int, max_bytes: int = READ_BATCH_BYTES) -> list[bytes]:
-        """Frames of records version.., at most ~max_bytes; [] when caught up.
-
-        Raises VersionGoneError below retention. Runs in a worker thread for segment reads.
-        """
+    def frames_recent(self, version: int, max_bytes: int = READ_BATCH_BYTES) -> list[bytes] | None:
+        """Frames from the in-state tail, or None if `version` is not in it. Memory only, so the
+        event loop calls it directly: a subscriber at the head gets a record without a thread hop.
+        Raises VersionGoneError below retention."""
         first = self.segments.first_version
         if first and version < first:
             raise VersionGoneError(
@@ -162,19 +161,29 @@ class SourceNode:
             )
         with self.state.lock:
             recent = self.state.recent
-            if recent and recent[0].version <= version <= recent[-1].version:
-                out: list[bytes] = []
-                size = 0
-                for rec in itertools.islice(recent, version - recent[0].version, None):
-                    frame = encode_frame(rec)
-                    out.append(frame)
-                    size += len(frame)
-                    if size >= max_bytes:
-                        break
-                return out
-            head = self.state.version
-        if version > head:
-            return []
+            if not recent or version > recent[-1].version:
+                return [] if version > self.state.version else None
+            if version < recent[0].version:
+                return None
+            # Walk from the newer end: a follower at the head asks for the last few records.
+            tail = list(itertools.islice(reversed(recent), recent[-1].version - version + 1))
+        out: list[bytes] = []
+        size = 0
+        for rec in reversed(tail):
+            frame = encode_frame(rec)
+            out.append(frame)
+            size += len(frame)
+            if size >= max_bytes:
+                break
+        return out
+
+    def frames_from(self, version: int, max_bytes: int = READ_BATCH_BYTES) -> list[bytes]:
+        """Frames of records version.., at most ~max_bytes; [] when caught up. Reads segment
+        files when the tail does not reach back (run it in a worker thread then).
+        Raises VersionGoneError below retention."""
+        frames = self.frames_recent(version, max_bytes)
+        if frames is not None:
+            return frames
         # SegmentLog is thread-safe for readers; the writer thread is never held up by a read.
         return list(self.segments.read_frames_from(version, max_bytes=max_bytes))
 

@@ -25,7 +25,9 @@ from tests.mirror.region import MirrorRegion, make_files
 from tests.servers.postgres import PostgresServer, short_data_dir
 
 
-async def lag_at(cluster: SourceCluster, dsn: str, rate: float, seconds: float) -> None:
+async def lag_at(
+    cluster: SourceCluster, dsn: str, rate: float, seconds: float, *, report: bool = True
+) -> None:
     conn = await asyncpg.connect(dsn)
     seen: dict[int, float] = {}
     acked: dict[int, float] = {}
@@ -53,7 +55,10 @@ async def lag_at(cluster: SourceCluster, dsn: str, rate: float, seconds: float) 
         async def one(j: int) -> None:
             res = await c.ops(
                 [
-                    {"op": "mkdir", "args": {"path": f"/lag{rate:.0f}_{j}_{k}", "mode": 0o755}}
+                    {
+                        "op": "mkdir",
+                        "args": {"path": f"/lag{rate:.0f}_{seconds:.0f}_{j}_{k}", "mode": 0o755},
+                    }
                     for k in range(per_request)
                 ]
             )
@@ -73,6 +78,8 @@ async def lag_at(cluster: SourceCluster, dsn: str, rate: float, seconds: float) 
     await asyncio.wait_for(poller, 60)
     await conn.close()
     lags = [max(0.0, (seen[v] - t) * 1000) for v, t in acked.items()]
+    if not report:
+        return
     print(
         f"lag at {achieved:6.0f} ops/s: p50 {pct(lags, 50):6.2f} ms  p99 {pct(lags, 99):6.2f} ms"
         f"  max {max(lags):6.1f} ms  ({len(lags)} ops)"
@@ -122,9 +129,11 @@ async def main(args: argparse.Namespace) -> None:
             await region.create()
             region.start()
             await region.wait_applied(1)
+            await lag_at(cluster, region.dsn, 50, 3, report=False)  # warm-up: connections, caches
             await lag_at(cluster, region.dsn, 50, 10)
             await lag_at(cluster, region.dsn, 1000, 10)
-            await catch_up(cluster, region, args.backlog)
+            if args.backlog:
+                await catch_up(cluster, region, args.backlog)
         finally:
             region.stop()
             cluster.stop_all()
