@@ -34,6 +34,8 @@ class EmbeddedPostgres:
     async def stop(self) -> None:
         if self.owned:
             await asyncio.to_thread(self.handle.stop)
+            # pgserver caches handles per process and would hand this stopped one out again.
+            type(self.handle)._instances.pop(self.handle.pgdata, None)
 
 
 def _start(data_dir: Path) -> EmbeddedPostgres:

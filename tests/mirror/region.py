@@ -17,6 +17,7 @@ from cli.mirror import fetch_status
 from cli.source import free_ports
 from mirror.create import create_mirror
 from mirror.db import Database
+from mirror.embedded import start_embedded
 from mirror.replica import Replica
 from tests.changelog.cluster import SourceCluster
 
@@ -89,12 +90,19 @@ class MirrorRegion:
     async def status(self) -> dict[str, Any]:
         return await fetch_status(self.api, self.cluster.cfg.token)
 
+    async def _dsn(self) -> str:
+        if self.dsn:
+            return self.dsn
+        # Embedded: the daemon (or create) started it; pgserver hands us the running server.
+        data_dir = self.cluster.config_path.parent / "mirrors" / self.name / "pg"
+        return (await start_embedded(data_dir)).dsn
+
     async def watermark(self) -> tuple[int, int]:
-        async with await Database.connect(self.dsn) as db:
+        async with await Database.connect(await self._dsn()) as db:
             return await Replica(db).watermark()
 
     async def dump(self) -> dict[str, Any]:
-        async with await Database.connect(self.dsn) as db:
+        async with await Database.connect(await self._dsn()) as db:
             return await Replica(db).dump_tree()
 
     async def wait_applied(self, version: int, timeout_s: float = 60.0) -> None:

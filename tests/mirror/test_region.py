@@ -171,3 +171,24 @@ async def test_replica_dump_matches_snapshot_dump(source: SourceCluster) -> None
     await make_files(source, "x", 10)
     version, dump = await source_dump(source)
     assert version > 0 and "/x/f3" in dump
+
+
+async def test_two_mirrors_side_by_side_one_embedded(source: SourceCluster, pg_dsn: str) -> None:
+    """Each region has its own PostgreSQL (one external, one embedded) and its own bucket."""
+    eu = MirrorRegion(source, "eu", pg_dsn)
+    ap = MirrorRegion(source, "ap", "")
+    try:
+        await make_files(source, "x", 50)
+        await eu.create()
+        await ap.create()
+        eu.start()
+        ap.start()
+        await make_files(source, "y", 50)
+        await eu.assert_equal_to_source()
+        await ap.assert_equal_to_source()
+        cfg = load_config(source.config_path)
+        assert cfg.mirrors["eu"].bucket != cfg.mirrors["ap"].bucket
+        assert (source.config_path.parent / "mirrors" / "ap" / "pg" / "PG_VERSION").exists()
+    finally:
+        eu.kill()
+        ap.stop()
