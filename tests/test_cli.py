@@ -28,13 +28,8 @@ def mfs(
 
 @pytest.fixture
 async def source(tmp_path: Path) -> AsyncIterator[SourceCluster]:
-    cluster = SourceCluster(tmp_path / "vol", nodes=3)
-    cluster.start_all()
-    try:
-        await cluster.wait_leader()
+    async with SourceCluster.running(tmp_path / "vol", nodes=3) as cluster:
         yield cluster
-    finally:
-        cluster.kill_all()
 
 
 def test_init_writes_a_config_and_refuses_to_overwrite(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,18 @@ class SourceCluster:
         self.config_path = directory / "mirrorfs.toml"
         write_config(self.cfg, self.config_path)
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def running(cls, directory: Path, **kwargs: Any) -> AsyncIterator[SourceCluster]:
+        """A started cluster with an agreed leader; every node is killed on exit."""
+        cluster = cls(directory, **kwargs)
+        cluster.start_all()
+        try:
+            await cluster.wait_leader()
+            yield cluster
+        finally:
+            cluster.kill_all()
 
     @property
     def node_ids(self) -> list[int]:

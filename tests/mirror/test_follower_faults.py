@@ -19,13 +19,8 @@ from tests.servers.faultproxy import FaultProxy
 
 @pytest.fixture
 async def source(tmp_path: Path) -> AsyncIterator[SourceCluster]:
-    cluster = SourceCluster(tmp_path / "vol", nodes=1)
-    cluster.start_all()
-    try:
-        await cluster.wait_leader()
+    async with SourceCluster.running(tmp_path / "vol", nodes=1) as cluster:
         yield cluster
-    finally:
-        cluster.kill_all()
 
 
 @pytest.mark.parametrize("fault", ["corrupt", "truncate"])
@@ -36,9 +31,9 @@ async def test_bad_frames_are_never_applied(source: SourceCluster, pg_dsn: str, 
     with FaultProxy(source.api(1)) as proxy:
         for at in (40, 3000, 20_000):
             if fault == "corrupt":
-                proxy.corrupt_next(1, at_byte=at)
+                proxy.corrupt_next(1, at_byte=at, path_prefix="/v1/changelog")
             else:
-                proxy.truncate_next(1, at_byte=at)
+                proxy.truncate_next(1, at_byte=at, path_prefix="/v1/changelog")
         async with (
             await Database.connect(pg_dsn) as db,
             SourceClient([proxy.url], source.cfg.token) as client,

@@ -18,13 +18,8 @@ from tests.mirror.region import MirrorRegion, make_files, source_dump
 
 @pytest.fixture
 async def source(tmp_path: Path) -> AsyncIterator[SourceCluster]:
-    cluster = SourceCluster(tmp_path / "vol", nodes=3)
-    cluster.start_all()
-    try:
-        await cluster.wait_leader()
+    async with SourceCluster.running(tmp_path / "vol", nodes=3) as cluster:
         yield cluster
-    finally:
-        cluster.kill_all()
 
 
 @pytest.fixture

@@ -122,7 +122,8 @@ class FaultProxy:
         self._drop_after_left = 0
         self._latency_s = 0.0
         self._down: DownMode | None = None
-        self._mangle: list[tuple[str, int]] = []  # ("corrupt"|"truncate", at_byte) per response
+        # ("corrupt"|"truncate", at_byte, path prefix) per response, oldest first
+        self._mangle: list[tuple[str, int, str]] = []
         self._seen = 0
         self._forwarded = 0
         self._errors = 0
@@ -219,16 +220,17 @@ class FaultProxy:
             else:
                 self._drop_before_left = n
 
-    def corrupt_next(self, n: int, *, at_byte: int) -> None:
-        """Flip one bit of byte `at_byte` in the bodies of the next n successful responses."""
+    def corrupt_next(self, n: int, *, at_byte: int, path_prefix: str = "") -> None:
+        """Flip one bit of byte `at_byte` in the bodies of the next n successful responses
+        (to requests whose path starts with `path_prefix`)."""
         with self._lock:
-            self._mangle.extend([("corrupt", at_byte)] * n)
+            self._mangle.extend([("corrupt", at_byte, path_prefix)] * n)
 
-    def truncate_next(self, n: int, *, at_byte: int) -> None:
+    def truncate_next(self, n: int, *, at_byte: int, path_prefix: str = "") -> None:
         """Cut the bodies of the next n successful responses after `at_byte` bytes, then drop
         the connection (a truncated stream, as a dying server or middlebox would leave)."""
         with self._lock:
-            self._mangle.extend([("truncate", at_byte)] * n)
+            self._mangle.extend([("truncate", at_byte, path_prefix)] * n)
 
     def set_latency(self, latency_s: float) -> None:
         """Delay every request by `latency_s` before it goes upstream (one way)."""
@@ -392,11 +394,13 @@ class FaultProxy:
                 response = web.StreamResponse(
                     status=upstream.status, reason=upstream.reason, headers=out_headers
                 )
-                mangle: tuple[str, int] | None = None
+                mangle: tuple[str, int, str] | None = None
                 with self._lock:
-                    if self._mangle and upstream.status < 300:
-                        mangle = self._mangle.pop(0)
-                        self._errors += 1
+                    for i, m in enumerate(self._mangle):
+                        if upstream.status < 300 and request.path.startswith(m[2]):
+                            mangle = self._mangle.pop(i)
+                            self._errors += 1
+                            break
                 await response.prepare(request)
                 offset = 0
                 async for chunk in upstream.content.iter_chunked(STREAM_CHUNK_BYTES):
