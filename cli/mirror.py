@@ -12,6 +12,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn
 
 from changelog.client import SourceClient
 from changelog.config import MirrorConfig, write_config
+from cli import replication
 from cli.runtime import config, fail, run, run_until_signalled
 from cli.source import free_ports
 from mirror.create import create_mirror
@@ -23,6 +24,7 @@ mirror_app = typer.Typer(help="Create, run and inspect mirror regions.")
 
 
 def register(app: typer.Typer) -> None:
+    replication.register(mirror_app)
     app.add_typer(mirror_app, name="mirror")
 
 

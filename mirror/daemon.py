@@ -22,6 +22,7 @@ from mirror.db import Database
 from mirror.embedded import EmbeddedPostgres, start_embedded
 from mirror.follower import Follower
 from mirror.gc import MirrorGc
+from mirror.replicator import Replicator
 from mirror.status import region_status
 from objstore import open_store
 
@@ -67,7 +68,9 @@ async def poll_source(follower: Follower, cfg: VolumeConfig, stop: asyncio.Event
             await asyncio.wait_for(stop.wait(), SOURCE_POLL_INTERVAL_S)
 
 
-def status_app(cfg: VolumeConfig, name: str, follower: Follower, gc: MirrorGc) -> web.Application:
+def status_app(
+    cfg: VolumeConfig, name: str, follower: Follower, gc: MirrorGc, replicator: Replicator
+) -> web.Application:
     token = cfg.token.encode()
 
     @web.middleware
@@ -85,6 +88,7 @@ def status_app(cfg: VolumeConfig, name: str, follower: Follower, gc: MirrorGc) -
         body = await region_status(
             name, cfg.name, cfg.mirror(name).window_s, follower.status, follower.replica
         )
+        body.update(await replicator.status_dict())
         body["gc"] = await gc.status()
         return web.Response(body=orjson.dumps(body), content_type="application/json")
 
@@ -99,9 +103,11 @@ async def run_region(cfg: VolumeConfig, name: str, stop: asyncio.Event) -> None:
         await db.migrate()
         follower = Follower(name, db, source)
         mirror_store = await open_store(mcfg.bucket, name="mirror")
+        source_store = await open_store(cfg.source.bucket, name="source")
         gc = MirrorGc(db, mirror_store, grace_s=cfg.source.gc_grace_s)
+        replicator = Replicator(db, source_store, mirror_store)
         api = urlsplit(mcfg.api)
-        runner = web.AppRunner(status_app(cfg, name, follower, gc), access_log=None)
+        runner = web.AppRunner(status_app(cfg, name, follower, gc, replicator), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, api.hostname or "127.0.0.1", api.port or 80).start()
         log.info("mirror.running", mirror=name, api=mcfg.api)
@@ -110,6 +116,7 @@ async def run_region(cfg: VolumeConfig, name: str, stop: asyncio.Event) -> None:
                 tg.create_task(follower.run(stop))
                 tg.create_task(poll_source(follower, cfg, stop))
                 tg.create_task(gc.run(stop))
+                tg.create_task(replicator.run(stop))
         finally:
             # One last ack so the source's retention and GC do not wait for our next start;
             # bounded, since the source may be the thing that is going away.
@@ -117,4 +124,5 @@ async def run_region(cfg: VolumeConfig, name: str, stop: asyncio.Event) -> None:
                 await asyncio.wait_for(follower.ack(), FINAL_ACK_TIMEOUT_S)
             await runner.cleanup()
             await mirror_store.aclose()
+            await source_store.aclose()
             log.info("mirror.stopped", mirror=name)
