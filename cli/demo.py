@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import io
 import json
 import os
@@ -33,6 +34,7 @@ from mirror.create import create_mirror
 
 MIRROR_NAMES = ("eu", "ap", "us", "sa", "af", "me", "oc", "ca")
 STOP_TIMEOUT_S = 10.0
+PR_SET_PDEATHSIG = 1
 SAMPLE_DIR = "/models/demo-llm"
 
 
@@ -53,6 +55,7 @@ class Children:
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, "MIRRORFS_LOG": os.environ.get("MIRRORFS_LOG", "info")},
                 start_new_session=True,  # a Ctrl-C reaches us; we stop the children in order
+                preexec_fn=_die_with_parent,
             )
 
     def dead(self) -> list[str]:
@@ -73,6 +76,14 @@ class Children:
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait(timeout=5)
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the demo dies without stopping us (kill -9, a crash), so
+    no region is left running unattended. Linux only; elsewhere a no-op."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def ensure_config(directory: Path, nodes: int, mirrors: int) -> VolumeConfig:

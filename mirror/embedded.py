@@ -34,8 +34,6 @@ class EmbeddedPostgres:
     async def stop(self) -> None:
         if self.owned:
             await asyncio.to_thread(self.handle.stop)
-            # pgserver caches handles per process and would hand this stopped one out again.
-            type(self.handle)._instances.pop(self.handle.pgdata, None)
 
 
 def _start(data_dir: Path) -> EmbeddedPostgres:
@@ -47,6 +45,8 @@ def _start(data_dir: Path) -> EmbeddedPostgres:
         was_running = _is_running(data_dir)
         try:
             handle = get_server(data_dir, cleanup_mode=None)
+            if not _is_running(data_dir):  # pgserver hands out a cached handle we stopped
+                handle.start()
         except Exception as exc:
             raise MirrorDbError(
                 f"could not start the embedded PostgreSQL in {data_dir}: {exc}",

@@ -1,0 +1,93 @@
+"""`mirrorfs demo` as the README runs it: up, answering, stopped cleanly, resumed with data."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import psutil
+
+from tests.test_cli import mfs
+
+
+def start_demo(directory: Path, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cli", "demo", "--dir", str(directory), "--mirrors", "1"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "MIRRORFS_LOG": "warning"},
+        )
+
+
+def wait_for_text(log: Path, text: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while text not in log.read_text(errors="replace"):
+        assert proc.poll() is None, f"demo exited early:\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"no {text!r} in time:\n{log.read_text()}"
+        time.sleep(0.2)
+
+
+def stop_demo(proc: subprocess.Popen[bytes], sig: int) -> float:
+    children = psutil.Process(proc.pid).children(recursive=True)
+    start = time.monotonic()
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    took = time.monotonic() - start
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"left running: {[p.cmdline() for p in alive]}"
+    return took
+
+
+def test_demo_runs_answers_stops_and_resumes(tmp_path: Path) -> None:
+    directory = tmp_path / "demo"
+    log = tmp_path / "demo.log"
+    proc = start_demo(directory, log)
+    try:
+        wait_for_text(log, "mirrorfs demo is running", proc, 180)
+        cfg = directory / "mirrorfs.toml"
+        deadline = time.monotonic() + 60
+        while True:  # the sample data reaches the mirror bucket
+            st = orjson.loads(mfs("mirror", "status", "eu", "--json", config=cfg).stdout)
+            if st["state"] == "following" and st["blocks_pending"] == 0:
+                break
+            assert time.monotonic() < deadline, st
+            time.sleep(0.5)
+        listing = mfs("ls", "/models/demo-llm", config=cfg).stdout.split()
+        assert b"config.json" in listing and len(listing) == 4
+        took = stop_demo(proc, signal.SIGINT)
+        assert took < 30, f"stopping took {took:.1f}s"
+        assert b"stopped" in log.read_bytes()
+
+        log2 = tmp_path / "demo2.log"
+        proc = start_demo(directory, log2)
+        wait_for_text(log2, "mirrorfs demo is running", proc, 180)
+        assert mfs("ls", "/models/demo-llm", config=cfg).stdout.split() == listing
+        assert "writing sample data" not in log2.read_text()
+        st = orjson.loads(mfs("mirror", "status", "eu", "--json", config=cfg).stdout)
+        assert st["mirror"] == "eu"
+        stop_demo(proc, signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            stop_demo(proc, signal.SIGKILL)
+
+
+def test_children_go_when_the_demo_is_killed(tmp_path: Path) -> None:
+    directory = tmp_path / "demo"
+    log = tmp_path / "demo.log"
+    proc = start_demo(directory, log)
+    try:
+        wait_for_text(log, "mirrorfs demo is running", proc, 180)
+    finally:
+        children = psutil.Process(proc.pid).children(recursive=True)
+        proc.kill()  # no chance to clean up: the children must still go
+        proc.wait(timeout=10)
+        _, alive = psutil.wait_procs(children, timeout=30)
+        for p in alive:
+            p.kill()
+        assert not alive, f"left running: {[p.cmdline() for p in alive]}"
