@@ -29,6 +29,7 @@ from objstore import open_store
 log = structlog.get_logger(__name__)
 SOURCE_POLL_INTERVAL_S = 2.0
 FINAL_ACK_TIMEOUT_S = 2.0
+DAEMON_POOL_SIZE = 12
 
 
 @contextlib.asynccontextmanager
@@ -41,7 +42,9 @@ async def open_replica(cfg: VolumeConfig, name: str) -> AsyncIterator[Database]:
         embedded = await start_embedded(cfg.resolve(mcfg.data_dir) / "pg")
         dsn = embedded.dsn
     try:
-        db = await Database.connect(dsn)
+        # The replicator keeps one connection for LISTEN and uses up to 3 more, beside the
+        # follower, GC and status readers.
+        db = await Database.connect(dsn, max_size=DAEMON_POOL_SIZE)
         try:
             yield db
         finally:
