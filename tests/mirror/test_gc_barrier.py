@@ -10,6 +10,7 @@ from pathlib import Path
 
 from changelog.config import load_config
 from fallback.client import FsClient
+from objstore import open_store
 from objstore.keys import BLOCK_PREFIX, slice_block_keys
 from tests.changelog.cluster import SourceCluster
 from tests.mirror.region import MirrorRegion
@@ -84,3 +85,34 @@ async def _live_keys(fs: FsClient) -> set[str]:
             for ref in (await fs.view.chunk(attr.ino, 0)).slices:
                 keys |= set(slice_block_keys(ref.id, ref.size))
     return keys
+
+
+async def test_overwritten_blocks_leave_both_buckets(tmp_path: Path, pg_dsn: str) -> None:
+    async with SourceCluster.running(tmp_path / "vol", nodes=1, gc_grace_s=1.0) as cluster:
+        region = MirrorRegion(cluster, "eu", pg_dsn)
+        await region.create()
+        region.start()
+        try:
+            cfg = load_config(cluster.config_path)
+            mirror = await open_store(cfg.mirror("eu").bucket)
+            async with await FsClient.for_source(cfg, uid=0, gid=0) as fs:
+                await fs.put(io.BytesIO(os.urandom(6_000_000)), "/f")  # type: ignore[arg-type]
+                old = await block_keys(fs)
+
+                async def copied() -> bool:
+                    return old <= {m.key async for m in mirror.list(BLOCK_PREFIX)}
+
+                await wait_until(copied, what="blocks copied to the mirror")
+                await fs.put(io.BytesIO(b"small"), "/f")  # type: ignore[arg-type]
+                new = await _live_keys(fs)
+
+                async def collected() -> bool:
+                    in_mirror = {m.key async for m in mirror.list(BLOCK_PREFIX)}
+                    return not (old & await block_keys(fs)) and not (old & in_mirror)
+
+                await wait_until(collected, what="old blocks deleted from both buckets")
+                assert new <= await block_keys(fs)
+                assert await fs.cat("/f") == b"small"
+            await mirror.aclose()
+        finally:
+            region.kill()
