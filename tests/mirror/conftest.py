@@ -184,8 +184,8 @@ def batches(records: list[Record], rng: random.Random, max_size: int) -> list[li
 
 @pytest.fixture
 async def db(pg_dsn: str) -> AsyncIterator[Database]:
-    """A migrated replica database (fresh per test)."""
-    database = await Database.connect(pg_dsn, max_size=4)
+    """A migrated replica database (fresh per test); enough connections for a replicator."""
+    database = await Database.connect(pg_dsn, max_size=10)
     try:
         await database.migrate()
         yield database

@@ -45,16 +45,6 @@ from tests.servers.seaweed import SeaweedServer
 
 
 @pytest.fixture
-async def qdb(pg_dsn: str) -> AsyncIterator[Database]:
-    database = await Database.connect(pg_dsn, max_size=10)
-    try:
-        await database.migrate()
-        yield database
-    finally:
-        await database.aclose()
-
-
-@pytest.fixture
 async def source(s3_url: str) -> AsyncIterator[ObjectStore]:
     store = await open_store(s3_url, name="source")
     yield store
@@ -70,41 +60,41 @@ async def mirror(seaweed: SeaweedServer) -> AsyncIterator[ObjectStore]:
 
 
 async def test_copies_every_block_to_its_own_key(
-    qdb: Database, source: ObjectStore, mirror: ObjectStore
+    db: Database, source: ObjectStore, mirror: ObjectStore
 ) -> None:
-    vol = Volume(qdb, source)
+    vol = Volume(db, source)
     await vol.files("/a", 30, SMALL)
     await vol.files("/big", 2, [9 * MiB])  # 4 + 4 + 1 MiB blocks
     assert len(vol.blocks) == 36
-    rep = Replicator(qdb, source, mirror, concurrency=8)
+    rep = Replicator(db, source, mirror, concurrency=8)
     async with running(rep):
-        await wait_until("every block is copied", lambda: all_copied(qdb))
+        await wait_until("every block is copied", lambda: all_copied(db))
         await vol.files("/later", 5, SMALL)  # new blocks while idle: woken by NOTIFY
-        await wait_until("the later blocks are copied", lambda: all_copied(qdb))
+        await wait_until("the later blocks are copied", lambda: all_copied(db))
         st = await rep.status_dict()
     await assert_mirror_holds_exactly(mirror, vol.blocks)
     assert st["blocks_pending"] == 0 and st["blocks_failed"] == 0
     assert st["blocks_copied_since_start"] == 41
     assert st["oldest_pending_s"] is None
-    async with qdb.acquire() as conn:
+    async with db.acquire() as conn:
         leftover = await conn.fetchval("SELECT count(*) FROM blocks WHERE claimed_by IS NOT NULL")
     assert leftover == 0, "a stopped replicator gives back every lease"
 
 
 async def test_blocks_already_in_mirror_are_not_copied_again(
-    qdb: Database, source: ObjectStore, mirror: ObjectStore
+    db: Database, source: ObjectStore, mirror: ObjectStore
 ) -> None:
     """A mirror re-created over its old bucket: the blocks there are verified, not re-copied."""
-    vol = Volume(qdb, source)
+    vol = Volume(db, source)
     blocks = await vol.files("/a", 40, [20 * KiB])
     bad, absent = blocks[10], blocks[20]
     for b in blocks:
         if b is not absent:
             await mirror.put(b.key, b.data if b is not bad else bytes(len(b.data)))
     counted = CountingLayer(source)
-    rep = Replicator(qdb, counted, mirror, concurrency=4)
+    rep = Replicator(db, counted, mirror, concurrency=4)
     async with running(rep):
-        await wait_until("every block is copied", lambda: all_copied(qdb))
+        await wait_until("every block is copied", lambda: all_copied(db))
     assert counted.gets.get(bad.key) == 1, "a wrong copy in the mirror is replaced"
     assert counted.gets.get(absent.key) == 1
     # Until the first sampled check finds a block there, the blocks in flight are copied.
@@ -114,47 +104,47 @@ async def test_blocks_already_in_mirror_are_not_copied_again(
 
 
 async def test_mirror_server_crash_and_restart_mid_copy(
-    qdb: Database, source: ObjectStore, seaweed_factory: Callable[[], SeaweedServer]
+    db: Database, source: ObjectStore, seaweed_factory: Callable[[], SeaweedServer]
 ) -> None:
     server = seaweed_factory()
     with bucket_on(server) as name:
         mirror = await open_store(f"s3://{name}?endpoint={server.endpoint}", name="mirror")
-        vol = Volume(qdb, source)
+        vol = Volume(db, source)
         await vol.files("/a", 60, [256 * KiB])
         # capped at ~4 blocks/s so the copy is still running through both outages
         rep = Replicator(
-            qdb, source, mirror, concurrency=8, bandwidth_bytes_per_s=MiB, retry_base_s=0.2
+            db, source, mirror, concurrency=8, bandwidth_bytes_per_s=MiB, retry_base_s=0.2
         )
         async with running(rep):
-            await wait_until("some blocks are copied", lambda: at_least(qdb, 8))
+            await wait_until("some blocks are copied", lambda: at_least(db, 8))
             await asyncio.to_thread(server.kill)  # crash: no goodbye to open connections
             await asyncio.sleep(0.3)  # let copies in flight hit the dead server
             await asyncio.to_thread(server.restart)
-            copied_before = await copied_count(qdb)
-            await wait_until("more blocks are copied", lambda: at_least(qdb, copied_before + 8))
+            copied_before = await copied_count(db)
+            await wait_until("more blocks are copied", lambda: at_least(db, copied_before + 8))
             await asyncio.to_thread(server.restart)  # graceful stop + start
-            assert await copied_count(qdb) < 60, "the copy finished before the second outage"
-            await wait_until("every block is copied", lambda: all_copied(qdb), timeout_s=120)
+            assert await copied_count(db) < 60, "the copy finished before the second outage"
+            await wait_until("every block is copied", lambda: all_copied(db), timeout_s=120)
         assert retries_of(mirror) + rep.status.copy_failures > 0, "no copy met the outages"
         await assert_mirror_holds_exactly(mirror, vol.blocks)
         await mirror.aclose()
 
 
 async def test_throttling_errors_and_dropped_connections(
-    qdb: Database, source: ObjectStore, seaweed: SeaweedServer, fault_proxy: FaultProxy
+    db: Database, source: ObjectStore, seaweed: SeaweedServer, fault_proxy: FaultProxy
 ) -> None:
     with bucket_on(seaweed) as name:
         # Few retries in the store, so some failures reach the queue's own backoff too.
         mirror = await open_store(
             f"s3://{name}?endpoint={fault_proxy.url}", name="mirror", max_attempts=3
         )
-        vol = Volume(qdb, source)
+        vol = Volume(db, source)
         await vol.files("/a", 40, [128 * KiB])
         rep = Replicator(
-            qdb, source, mirror, concurrency=8, bandwidth_bytes_per_s=MiB, retry_base_s=0.05
+            db, source, mirror, concurrency=8, bandwidth_bytes_per_s=MiB, retry_base_s=0.05
         )
         async with running(rep):
-            await wait_until("some blocks are copied", lambda: at_least(qdb, 3))
+            await wait_until("some blocks are copied", lambda: at_least(db, 3))
             fault_proxy.set_down(True, mode="503")  # every request answered 503 for a while
 
             async def failures_recorded() -> bool:
@@ -175,10 +165,10 @@ async def test_throttling_errors_and_dropped_connections(
                     return fault_proxy.stats().faults_injected >= before + 3
 
                 await wait_until("the faults were met", consumed)
-            assert await copied_count(qdb) < 40, "the copy finished before the faults"
-            await wait_until("every block is copied", lambda: all_copied(qdb), timeout_s=120)
+            assert await copied_count(db) < 40, "the copy finished before the faults"
+            await wait_until("every block is copied", lambda: all_copied(db), timeout_s=120)
         await assert_mirror_holds_exactly(mirror, vol.blocks)
-        async with qdb.acquire() as conn:
+        async with db.acquire() as conn:
             retried = await conn.fetchval("SELECT count(*) FROM blocks WHERE attempts > 0")
             errors = await conn.fetchval("SELECT count(*) FROM blocks WHERE last_error IS NOT NULL")
         assert retried >= 1, "no failure reached the queue's backoff"
@@ -187,12 +177,12 @@ async def test_throttling_errors_and_dropped_connections(
 
 
 async def test_killed_worker_blocks_are_taken_over(
-    qdb: Database, pg_dsn: str, s3_url: str, source: ObjectStore, fault_proxy: FaultProxy
+    db: Database, pg_dsn: str, s3_url: str, source: ObjectStore, fault_proxy: FaultProxy
 ) -> None:
     seaweed_endpoint = fault_proxy.upstream
     with bucket_on_endpoint(seaweed_endpoint) as name:
         mirror_url = f"s3://{name}?endpoint={fault_proxy.url}"
-        vol = Volume(qdb, source)
+        vol = Volume(db, source)
         await vol.files("/a", 30, [256 * KiB])
         proc = subprocess.Popen(
             [
@@ -216,18 +206,18 @@ async def test_killed_worker_blocks_are_taken_over(
         try:
 
             async def doomed_holds_blocks() -> bool:
-                async with qdb.acquire() as conn:
+                async with db.acquire() as conn:
                     held = await conn.fetchval(
                         "SELECT count(*) FROM blocks WHERE claimed_by = 'doomed'"
                         " AND lease_until > now()"
                     )
-                return bool(held >= 4) and await copied_count(qdb) >= 3
+                return bool(held >= 4) and await copied_count(db) >= 3
 
             await wait_until("the worker copied some and holds more", doomed_holds_blocks)
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
-        async with qdb.acquire() as conn:
+        async with db.acquire() as conn:
             done_before = {
                 block_key(r["slice_id"], r["idx"], r["size"])
                 for r in await conn.fetch("SELECT * FROM blocks WHERE state = 'copied'")
@@ -238,9 +228,9 @@ async def test_killed_worker_blocks_are_taken_over(
         assert orphaned >= 1 and len(done_before) < 30
         log_from = len(fault_proxy.seen())
         mirror = await open_store(mirror_url, name="mirror")
-        rep = Replicator(qdb, source, mirror, concurrency=4, lease_s=2, worker_id="heir")
+        rep = Replicator(db, source, mirror, concurrency=4, lease_s=2, worker_id="heir")
         async with running(rep):
-            await wait_until("every block is copied", lambda: all_copied(qdb))
+            await wait_until("every block is copied", lambda: all_copied(db))
         puts_after = [p for m, p in fault_proxy.seen()[log_from:] if m == "PUT"]
         assert not [p for p in puts_after if any(p.endswith(k) for k in done_before)], (
             "a block copied before the kill was copied again"
@@ -253,20 +243,20 @@ async def test_killed_worker_blocks_are_taken_over(
 
 
 async def test_block_gone_from_source_fails_with_the_reason(
-    qdb: Database, source: ObjectStore, mirror: ObjectStore
+    db: Database, source: ObjectStore, mirror: ObjectStore
 ) -> None:
-    vol = Volume(qdb, source)
+    vol = Volume(db, source)
     gone, *_ = await vol.files("/a", 8, [50 * KiB])
     await source.delete(gone.key)
-    rep = Replicator(qdb, source, mirror, concurrency=4)
-    queue = CopyQueue(qdb)
+    rep = Replicator(db, source, mirror, concurrency=4)
+    queue = CopyQueue(db)
     async with running(rep):
 
         async def settled() -> bool:
-            return await states(qdb) == {"copied": 7, "failed": 1}
+            return await states(db) == {"copied": 7, "failed": 1}
 
         await wait_until("all but the missing block are copied", settled)
-        async with qdb.acquire() as conn:
+        async with db.acquire() as conn:
             row = await conn.fetchrow(
                 "SELECT * FROM blocks WHERE slice_id = $1 AND idx = $2", gone.slice_id, gone.idx
             )
@@ -277,26 +267,26 @@ async def test_block_gone_from_source_fails_with_the_reason(
         assert st["blocks_failed"] == 1 and st["failed_reasons"] == {SOURCE_MISSING: 1}
         await source.put(gone.key, gone.data)  # e.g. restored; the operator retries
         assert await queue.retry_failed() == 1
-        await wait_until("the retried block is copied", lambda: all_copied(qdb))
+        await wait_until("the retried block is copied", lambda: all_copied(db))
     await assert_mirror_holds_exactly(mirror, vol.blocks)
 
 
 async def test_corrupt_source_block_is_reread_then_failed(
-    qdb: Database, source: ObjectStore, mirror: ObjectStore
+    db: Database, source: ObjectStore, mirror: ObjectStore
 ) -> None:
-    vol = Volume(qdb, source)
+    vol = Volume(db, source)
     bad, *_ = await vol.files("/a", 4, [50 * KiB])
     await source.put(bad.key, bytes(len(bad.data)))
     counted = CountingLayer(source)
-    rep = Replicator(qdb, counted, mirror, concurrency=4)
+    rep = Replicator(db, counted, mirror, concurrency=4)
     async with running(rep):
 
         async def settled() -> bool:
-            return await states(qdb) == {"copied": 3, "failed": 1}
+            return await states(db) == {"copied": 3, "failed": 1}
 
         await wait_until("the corrupt block is failed", settled)
     assert counted.gets[bad.key] == 3, "a checksum mismatch is read again (torn read) first"
-    async with qdb.acquire() as conn:
+    async with db.acquire() as conn:
         error = await conn.fetchval(
             "SELECT last_error FROM blocks WHERE state = 'failed'",
         )
@@ -305,13 +295,13 @@ async def test_corrupt_source_block_is_reread_then_failed(
 
 
 async def test_pause_stops_copying_and_resume_continues(
-    qdb: Database, source: ObjectStore, mirror: ObjectStore
+    db: Database, source: ObjectStore, mirror: ObjectStore
 ) -> None:
-    vol = Volume(qdb, source)
+    vol = Volume(db, source)
     await vol.files("/a", 30, [128 * KiB])
-    queue = CopyQueue(qdb)
+    queue = CopyQueue(db)
     await queue.set_paused(True)
-    rep = Replicator(qdb, source, mirror, concurrency=4, bandwidth_bytes_per_s=MiB)
+    rep = Replicator(db, source, mirror, concurrency=4, bandwidth_bytes_per_s=MiB)
 
     async def state_is(state: str) -> bool:
         return rep.status.state == state and rep.status.in_flight == 0
@@ -319,19 +309,19 @@ async def test_pause_stops_copying_and_resume_continues(
     async with running(rep):
         await wait_until("the replicator reports paused", lambda: state_is("paused"))
         await asyncio.sleep(1.0)  # a bounded look for copies that should not happen
-        assert await copied_count(qdb) == 0
+        assert await copied_count(db) == 0
         await queue.set_paused(False)
-        await wait_until("copying resumes", lambda: at_least(qdb, 3))
+        await wait_until("copying resumes", lambda: at_least(db, 3))
         await queue.set_paused(True)
         await wait_until("the pause is honoured", lambda: state_is("paused"), timeout_s=5)
-        frozen = await copied_count(qdb)
+        frozen = await copied_count(db)
         assert frozen < 30, "the copy finished before the pause"
         await asyncio.sleep(1.0)
-        assert await copied_count(qdb) == frozen
+        assert await copied_count(db) == frozen
         st = await rep.status_dict()
         assert st["paused"] and st["blocks_in_flight"] == 0, "a paused worker holds no leases"
         await queue.set_paused(False)
-        await wait_until("every block is copied", lambda: all_copied(qdb))
+        await wait_until("every block is copied", lambda: all_copied(db))
     await assert_mirror_holds_exactly(mirror, vol.blocks)
 
 

@@ -31,16 +31,6 @@ KiB = 1024
 
 
 @pytest.fixture
-async def vdb(pg_dsn: str) -> AsyncIterator[Database]:
-    database = await Database.connect(pg_dsn, max_size=10)
-    try:
-        await database.migrate()
-        yield database
-    finally:
-        await database.aclose()
-
-
-@pytest.fixture
 async def src(s3_url: str) -> AsyncIterator[ObjectStore]:
     store = await open_store(s3_url, name="source")
     yield store
@@ -66,19 +56,19 @@ async def copied_volume(db: Database, src: ObjectStore, dst: ObjectStore) -> Vol
 
 
 async def test_a_complete_mirror_verifies_clean(
-    vdb: Database, src: ObjectStore, dst: ObjectStore
+    db: Database, src: ObjectStore, dst: ObjectStore
 ) -> None:
-    vol = await copied_volume(vdb, src, dst)
-    report = await verify(vdb, dst, None, repair=False)
+    vol = await copied_volume(db, src, dst)
+    report = await verify(db, dst, None, repair=False)
     assert report.is_ok and report.problems == []
     assert report.blocks_checked == len(vol.blocks) == 10
     assert report.bytes_checked == sum(len(b.data) for b in vol.blocks.values())
 
 
 async def test_missing_and_corrupt_blocks_are_found_then_repaired(
-    vdb: Database, src: ObjectStore, dst: ObjectStore
+    db: Database, src: ObjectStore, dst: ObjectStore
 ) -> None:
-    vol = await copied_volume(vdb, src, dst)
+    vol = await copied_volume(db, src, dst)
     blocks = sorted(vol.blocks.values(), key=lambda b: b.slice_id)
     gone, flipped, short = blocks[0], blocks[1], blocks[7]
     await dst.delete(gone.key)
@@ -86,7 +76,7 @@ async def test_missing_and_corrupt_blocks_are_found_then_repaired(
     await dst.put(short.key, short.data[:-1])
     pending = await vol.files("/new", 2, [10])  # not copied yet: counted, not a problem
 
-    report = await verify(vdb, dst, None, repair=False)
+    report = await verify(db, dst, None, repair=False)
     assert not report.is_ok
     assert [p.key for p in report.missing] == [gone.key]
     assert sorted(p.key for p in report.corrupt) == sorted([flipped.key, short.key])
@@ -96,48 +86,48 @@ async def test_missing_and_corrupt_blocks_are_found_then_repaired(
     assert report.repaired == []
     assert [m.key async for m in dst.list(gone.key)] == [], "verify alone writes nothing"
 
-    fixed = await verify(vdb, dst, None, repair=True, source_store=src)
+    fixed = await verify(db, dst, None, repair=True, source_store=src)
     assert fixed.is_ok
     assert sorted(p.key for p in fixed.repaired) == sorted([gone.key, flipped.key, short.key])
     assert {p.problem for p in fixed.problems} == {MISSING, CORRUPT}
-    again = await verify(vdb, dst, None, repair=False)
+    again = await verify(db, dst, None, repair=False)
     assert again.is_ok and again.problems == []
     copied = {k: b for k, b in vol.blocks.items() if b not in pending}
     await assert_mirror_holds_exactly(dst, copied)
 
 
 async def test_verify_under_a_path_checks_only_its_files(
-    vdb: Database, src: ObjectStore, dst: ObjectStore
+    db: Database, src: ObjectStore, dst: ObjectStore
 ) -> None:
-    vol = await copied_volume(vdb, src, dst)
+    vol = await copied_volume(db, src, dst)
     in_a = min(vol.blocks.values(), key=lambda b: b.slice_id)
     in_b = max(vol.blocks.values(), key=lambda b: b.slice_id)
     await dst.delete(in_a.key)
     await dst.delete(in_b.key)
-    report = await verify(vdb, dst, "/b", repair=False)
+    report = await verify(db, dst, "/b", repair=False)
     assert report.blocks_checked == 4
     assert [p.key for p in report.problems] == [in_b.key]
     assert report.problems[0].paths == ("/b/f3",)
-    one = await verify(vdb, dst, "/b/f3", repair=False)
+    one = await verify(db, dst, "/b/f3", repair=False)
     assert one.blocks_checked == 1 and [p.key for p in one.problems] == [in_b.key]
     with pytest.raises(FsError) as info:
-        await verify(vdb, dst, "/nope", repair=False)
+        await verify(db, dst, "/nope", repair=False)
     assert info.value.errno == errno.ENOENT
 
 
 async def test_unrepairable_block_goes_back_to_the_queue_with_the_reason(
-    vdb: Database, src: ObjectStore, dst: ObjectStore
+    db: Database, src: ObjectStore, dst: ObjectStore
 ) -> None:
-    vol = await copied_volume(vdb, src, dst)
+    vol = await copied_volume(db, src, dst)
     lost = next(iter(vol.blocks.values()))
     await dst.delete(lost.key)
     await src.delete(lost.key)
-    report = await verify(vdb, dst, None, repair=True, source_store=src)
+    report = await verify(db, dst, None, repair=True, source_store=src)
     assert not report.is_ok
     (problem,) = report.unrepaired
     assert problem.key == lost.key and problem.repair_error is not None
     assert SOURCE_MISSING in problem.repair_error
-    async with vdb.acquire() as conn:
+    async with db.acquire() as conn:
         row = await conn.fetchrow(
             "SELECT state, last_error FROM blocks WHERE slice_id = $1 AND idx = $2",
             lost.slice_id,
@@ -145,14 +135,14 @@ async def test_unrepairable_block_goes_back_to_the_queue_with_the_reason(
         )
     assert row["state"] == "pending", "readers must fall back to the source for it"
     assert "found by verify" in row["last_error"]
-    async with running(Replicator(vdb, src, dst, concurrency=2)):
+    async with running(Replicator(db, src, dst, concurrency=2)):
 
         async def failed_for_good() -> bool:
-            return (await states(vdb)).get("failed") == 1
+            return (await states(db)).get("failed") == 1
 
         await wait_until("the replicator fails it with the reason", failed_for_good)
 
 
-async def test_repair_needs_a_source(vdb: Database, dst: ObjectStore) -> None:
+async def test_repair_needs_a_source(db: Database, dst: ObjectStore) -> None:
     with pytest.raises(ValueError, match="source"):
-        await verify(vdb, dst, None, repair=True)
+        await verify(db, dst, None, repair=True)
