@@ -105,6 +105,11 @@ class MirrorRegion:
         async with await Database.connect(await self._dsn()) as db:
             return await Replica(db).dump_tree()
 
+    async def block_rows(self) -> int:
+        """Rows in the block table (the copy queue), whatever their state."""
+        async with await Database.connect(await self._dsn()) as db, db.acquire() as conn:
+            return int(await conn.fetchval("SELECT count(*) FROM blocks"))
+
     async def wait_applied(self, version: int, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
         while (await self.watermark())[0] < version:
