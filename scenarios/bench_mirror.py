@@ -19,6 +19,8 @@ from pathlib import Path
 
 import asyncpg
 
+from mirror.copyqueue import CopyQueue
+from mirror.db import Database
 from scenarios.bench_source import pct
 from tests.changelog.cluster import SourceCluster
 from tests.mirror.region import MirrorRegion, make_files
@@ -87,6 +89,10 @@ async def lag_at(
 
 
 async def catch_up(cluster: SourceCluster, region: MirrorRegion, records: int) -> None:
+    """The follower's apply rate. Block copying is paused: these files' blocks exist only as
+    metadata, and the replicator failing 50k copies would compete for the same two cores."""
+    async with await Database.connect(region.dsn) as db:
+        await CopyQueue(db).set_paused(True)
     region.stop()
     head = await make_files(cluster, "backlog", records // 2, batch=500)
     start_version = (await region.watermark())[0]
