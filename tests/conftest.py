@@ -11,11 +11,13 @@ import atexit
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from objstore import ObjectStore, open_store
+from objstore.local import LocalStore
 from tests.servers.faultproxy import FaultProxy
 from tests.servers.postgres import PostgresServer, short_data_dir
 from tests.servers.seaweed import SeaweedServer
@@ -120,3 +122,16 @@ def fault_proxy(seaweed: SeaweedServer) -> Iterator[FaultProxy]:
     _ensure_running(seaweed)
     with FaultProxy(seaweed.endpoint) as proxy:
         yield proxy
+
+
+@pytest.fixture(params=["file", "s3"])
+async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ObjectStore]:
+    """A bucket on each backend in turn: a local directory, then real S3 (SeaweedFS)."""
+    if request.param == "file":
+        store: ObjectStore = LocalStore(tmp_path / "any-bucket", fsync=False)
+    else:
+        store = await open_store(request.getfixturevalue("s3_url"), name="test")
+    try:
+        yield store
+    finally:
+        await store.aclose()

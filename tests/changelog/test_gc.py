@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,6 @@ from objstore.errors import NotFoundError, UnavailableError
 from objstore.faults import FaultLayer, FaultPlan
 from objstore.keys import BLOCK_SIZE, slice_block_keys
 from objstore.local import LocalStore
-from objstore.registry import open_store
 
 ROOT = {"uid": 0, "gid": 0}
 TWO_BLOCKS = BLOCK_SIZE + 100  # a slice of two blocks (4 MiB + 100 B)
@@ -151,18 +150,6 @@ async def until_async(
         if time.monotonic() > deadline:
             raise TimeoutError(f"waited {timeout_s}s for {what}")
         await asyncio.sleep(0.01)
-
-
-@pytest.fixture(params=["file", "s3"])
-async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ObjectStore]:
-    if request.param == "file":
-        store: ObjectStore = LocalStore(tmp_path / "bucket", fsync=False)
-    else:
-        store = await open_store(request.getfixturevalue("s3_url"), name="gc-test")
-    try:
-        yield store
-    finally:
-        await store.aclose()
 
 
 @pytest.fixture

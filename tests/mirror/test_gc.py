@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,6 @@ from objstore.errors import NotFoundError, UnavailableError
 from objstore.faults import FaultLayer, FaultPlan
 from objstore.keys import BLOCK_SIZE, slice_block_keys
 from objstore.local import LocalStore
-from objstore.registry import open_store
 
 ROOT = {"uid": 0, "gid": 0}
 TWO_BLOCKS = BLOCK_SIZE + 100
@@ -104,18 +103,6 @@ class Running:
     async def stop(self) -> None:
         self._stop.set()
         await self._task
-
-
-@pytest.fixture(params=["file", "s3"])
-async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ObjectStore]:
-    if request.param == "file":
-        store: ObjectStore = LocalStore(tmp_path / "mirror-bucket", fsync=False)
-    else:
-        store = await open_store(request.getfixturevalue("s3_url"), name="mirror-gc-test")
-    try:
-        yield store
-    finally:
-        await store.aclose()
 
 
 @pytest.fixture
