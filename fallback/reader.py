@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from changelog.inode import CHUNK_SIZE, Inode
+from changelog.inode import CHUNK_SIZE, Extent, Inode
 from changelog.slices import block_ranges, visible_extents
 from fallback.view import ChunkMap, MetadataView
 from objstore import ObjectStore
@@ -56,9 +56,7 @@ async def plan_reads(
                 continue
             sums = cmap.checksums.get(ext.slice_id, [])
             skip = a - (chunk_start + ext.pos)
-            sub = type(ext)(
-                a - chunk_start, b - a, ext.slice_id, ext.slice_size, ext.slice_off + skip
-            )
+            sub = Extent(a - chunk_start, b - a, ext.slice_id, ext.slice_size, ext.slice_off + skip)
             for br in block_ranges(sub):
                 pieces.append(
                     Piece(
