@@ -27,6 +27,7 @@ import typer
 from changelog.client import SourceClient
 from changelog.config import CONFIG_NAME, MirrorConfig, VolumeConfig, load_config, write_config
 from changelog.errors import FsError
+from cli.mirror import fetch_status
 from cli.runtime import run_until_signalled
 from cli.source import free_ports, new_volume
 from fallback.client import FsClient
@@ -110,6 +111,23 @@ async def wait_for_leader(cfg: VolumeConfig, children: Children, timeout_s: floa
     raise typer.Exit(_died(children, "no source leader within 60 s"))
 
 
+async def wait_for_regions(cfg: VolumeConfig, children: Children, timeout_s: float = 90) -> None:
+    """Say "running" only once every region daemon answers its status API."""
+    deadline = time.monotonic() + timeout_s
+    waiting = set(cfg.mirrors)
+    while waiting:
+        for name in sorted(waiting):
+            with contextlib.suppress(Exception):  # not listening yet
+                await fetch_status(cfg.mirrors[name].api, cfg.token)
+                waiting.discard(name)
+        if children.dead():
+            raise typer.Exit(_died(children))
+        if time.monotonic() > deadline:
+            raise typer.Exit(_died(children, f"regions {sorted(waiting)} did not come up"))
+        if waiting:
+            await asyncio.sleep(0.2)
+
+
 def _died(children: Children, why: str = "") -> int:
     names = ", ".join(children.dead()) or why
     typer.echo(f"error: {names} stopped; see the logs in {children.log_dir}", err=True)
@@ -183,6 +201,7 @@ async def run_demo(directory: Path, nodes: int, mirrors: int, stop: asyncio.Even
         for name in cfg.mirrors:
             children.start(f"mirror-{name}", ["--config", str(cfg.path), "mirror", "run", name])
         await ensure_sample_data(cfg)
+        await wait_for_regions(cfg, children)
         print_tips(cfg)
         while not stop.is_set():
             dead = children.dead()

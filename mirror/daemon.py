@@ -123,8 +123,7 @@ async def run_region(cfg: VolumeConfig, name: str, stop: asyncio.Event) -> None:
         finally:
             # One last ack so the source's retention and GC do not wait for our next start;
             # bounded, since the source may be the thing that is going away.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(follower.ack(), FINAL_ACK_TIMEOUT_S)
+            await follower.ack(timeout_s=FINAL_ACK_TIMEOUT_S)
             await runner.cleanup()
             await mirror_store.aclose()
             await source_store.aclose()

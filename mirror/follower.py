@@ -36,6 +36,7 @@ log = structlog.get_logger(__name__)
 MAX_BATCH = 2_000
 QUEUE_RECORDS = 20_000
 DEFAULT_ACK_INTERVAL_S = 2.0
+ACK_TIMEOUT_S = 5.0
 RECONNECT_MAX_WAIT_S = 5.0
 
 
@@ -174,15 +175,17 @@ class Follower:
                 await asyncio.wait_for(stop.wait(), self.ack_interval_s)
             await self.ack()
 
-    async def ack(self) -> None:
+    async def ack(self, timeout_s: float = ACK_TIMEOUT_S) -> None:
+        """Ack the applied version; bounded, so an unreachable source never holds up the
+        loop or a shutdown (the next ack carries the same version)."""
         version = self.status.applied_version
         if version <= self._acked:
             return
         try:
-            await self.source.mirror(self.name, "ack", version=version)
+            await asyncio.wait_for(self.source.mirror(self.name, "ack", version=version), timeout_s)
             self._acked = version
-        except ChangelogError as exc:
-            log.info("mirror.ack_failed", mirror=self.name, error=str(exc))
+        except (ChangelogError, TimeoutError) as exc:
+            log.info("mirror.ack_failed", mirror=self.name, error=str(exc) or "timed out")
 
 
 async def load_from_source(
