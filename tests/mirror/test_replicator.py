@@ -304,7 +304,9 @@ async def test_pause_stops_copying_and_resume_continues(
     rep = Replicator(db, source, mirror, concurrency=4, bandwidth_bytes_per_s=MiB)
 
     async def state_is(state: str) -> bool:
-        return rep.status.state == state and rep.status.in_flight == 0
+        # ... and every finished copy already written to the table (completions are batched)
+        settled = rep._results.empty() and not rep._unflushed
+        return rep.status.state == state and rep.status.in_flight == 0 and settled
 
     async with running(rep):
         await wait_until("the replicator reports paused", lambda: state_is("paused"))
