@@ -9,15 +9,14 @@
     GET  /v1/status               role, term, versions, head ts, peers, mirrors
     GET  /metrics                 Prometheus (no token: scrapers rarely carry one)
 
-Errors are JSON `{"error": <class>, "message", ...}` with the class's HTTP status (see errors.py).
+Errors are JSON `{"error": <class>, "message", ...}` with the class's HTTP status
+(volume/errors.py, volume/web.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -25,17 +24,17 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from changelog.errors import (
-    AuthError,
+from changelog.metrics import NodeCollector
+from changelog.node import SourceNode
+from changelog.snapshot import take_snapshot
+from volume.errors import (
     BadRequestError,
     ChangelogError,
     FsError,
     QuorumUnavailableError,
 )
-from changelog.metrics import NodeCollector
-from changelog.node import SourceNode
-from changelog.snapshot import take_snapshot
-from changelog.state import MIRROR_ACK, MIRROR_REGISTER, MIRROR_REMOVE
+from volume.records import MIRROR_ACK, MIRROR_REGISTER, MIRROR_REMOVE
+from volume.web import bearer_auth, json_errors, json_response
 
 log = structlog.get_logger(__name__)
 
@@ -43,42 +42,6 @@ FRAMES_CONTENT_TYPE = "application/x-mirrorfs-frames"
 DEFAULT_READ_WAIT_S = 10.0
 MAX_OPS_PER_BATCH = 10_000
 NODE_KEY = web.AppKey("node", SourceNode)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def json_response(data: Any, status: int = 200) -> web.Response:
-    body = orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
-    return web.Response(body=body, status=status, content_type="application/json")
-
-
-def error_response(exc: ChangelogError) -> web.Response:
-    return json_response(exc.to_wire(), status=exc.http_status)
-
-
-@web.middleware
-async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    node = request.app[NODE_KEY]
-    if request.path.startswith("/v1/"):
-        header = request.headers.get("Authorization", "")
-        token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-        if not token or not hmac.compare_digest(token.encode(), node.cfg.token.encode()):
-            log.warning(
-                "api.unauthorized",
-                path=request.path,
-                peer=request.remote,
-                reason="missing token" if not token else "wrong token",
-            )
-            return error_response(AuthError("missing or wrong bearer token"))
-    try:
-        return await handler(request)
-    except ChangelogError as exc:
-        return error_response(exc)
-    except web.HTTPException:
-        raise
-    except Exception as exc:  # answer JSON and keep serving; the log has the stack
-        log.exception("api.internal_error", path=request.path)
-        return error_response(ChangelogError(f"internal error: {type(exc).__name__}: {exc}"))
 
 
 def int_param(request: web.Request, name: str, default: int | None = None) -> int:
@@ -256,7 +219,10 @@ REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 
 
 def build_app(node: SourceNode) -> web.Application:
-    app = web.Application(middlewares=[errors_and_auth], client_max_size=64 * 1024 * 1024)
+    app = web.Application(
+        middlewares=[bearer_auth(node.cfg.token, service="api"), json_errors(service="api")],
+        client_max_size=64 * 1024 * 1024,
+    )
     app[NODE_KEY] = node
     registry = CollectorRegistry()
     registry.register(NodeCollector(node))

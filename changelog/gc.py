@@ -1,7 +1,7 @@
 """GC of the source bucket: blocks of freed slices leave only behind the GC barrier.
 
 A record that frees slices (the `freed` list of write/truncate/setattr/unlink/rename, see
-changelog/effects.py) makes their blocks garbage, but older records still name them: a mirror
+volume/effects.py) makes their blocks garbage, but older records still name them: a mirror
 that has not applied the record may still copy them, and a client that resolved a path before
 it may still read them (a mirror client falls back to this bucket). So the blocks of a slice
 freed at version V are deleted only once every registered mirror has acked >= V *and*
@@ -36,13 +36,13 @@ from typing import Any
 
 import structlog
 
-from changelog.errors import ChangelogError, VersionGoneError
-from changelog.records import Record
-from changelog.segments import SegmentLog
-from changelog.state import MetaState
+from changelog.log import SegmentLog
+from changelog.raft import MetaState
 from objstore.base import ObjectStore
 from objstore.errors import StoreError
 from objstore.keys import block_key, block_sizes
+from volume.errors import ChangelogError, VersionGoneError
+from volume.records import Record
 
 log = structlog.get_logger(__name__)
 
@@ -341,8 +341,8 @@ class SourceGc:
         """Slices of `batch` still in the live slice table: never deleted (cannot happen, since
         a slice id is committed once and a freed slice never comes back; checked anyway)."""
         with self.state.lock:
-            ns = self.state.ns
-            return {sid for g in batch for sid, _ in g.slices if ns.refcount(sid) > 0}
+            tables = self.state.ns.tables
+            return {sid for g in batch for sid, _ in g.slices if tables.refcount(sid) > 0}
 
     async def _delete(self, batch: list[Garbage]) -> int:
         """Delete the blocks of `batch`; return how many leading entries are wholly gone."""

@@ -19,14 +19,12 @@ from typing import Any
 
 import structlog
 
-from changelog.config import VolumeConfig
-from changelog.errors import VersionGoneError
 from changelog.gc import SourceGc
-from changelog.raft import RaftNode, now_ms
-from changelog.raftconf import make_conf
-from changelog.records import TICK, Record, encode_frame
-from changelog.segments import SegmentGapError, SegmentLog
-from changelog.state import MetaState
+from changelog.log import SegmentGapError, SegmentLog
+from changelog.raft import MetaState, RaftNode, make_conf, now_ms
+from volume.config import VolumeConfig
+from volume.errors import VersionGoneError
+from volume.records import TICK, Record, encode_frame
 
 log = structlog.get_logger(__name__)
 

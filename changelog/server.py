@@ -9,10 +9,10 @@ import structlog
 from aiohttp import web
 
 from changelog.api import build_app
-from changelog.config import VolumeConfig
 from changelog.gc import SourceGc
 from changelog.node import SourceNode
 from objstore import open_store
+from volume.config import VolumeConfig
 
 log = structlog.get_logger(__name__)
 

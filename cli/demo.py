@@ -24,14 +24,14 @@ from typing import Annotated
 
 import typer
 
-from changelog.client import SourceClient
-from changelog.config import CONFIG_NAME, MirrorConfig, VolumeConfig, load_config, write_config
-from changelog.errors import FsError
 from cli.mirror import fetch_status
 from cli.runtime import run_until_signalled
 from cli.source import free_ports, new_volume
-from fallback.client import FsClient
-from mirror.create import create_mirror
+from fallback import FsClient
+from mirror import create_mirror
+from volume.client import SourceClient
+from volume.config import CONFIG_NAME, MirrorConfig, VolumeConfig, load_config, write_config
+from volume.errors import FsError
 
 MIRROR_NAMES = ("eu", "ap", "us", "sa", "af", "me", "oc", "ca")
 STOP_TIMEOUT_S = 10.0

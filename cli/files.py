@@ -13,7 +13,7 @@ import orjson
 import typer
 
 from cli.runtime import config, fail, run
-from fallback.client import FsClient
+from fallback import FsClient
 
 T = TypeVar("T")
 

@@ -10,15 +10,12 @@ import typer
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn
 
-from changelog.client import SourceClient
-from changelog.config import MirrorConfig, write_config
 from cli import replication
 from cli.runtime import config, fail, run, run_until_signalled
 from cli.source import free_ports
-from mirror.create import create_mirror
-from mirror.daemon import run_region
-from mirror.loader import LoadStats
-from mirror.status import STATUS_FIELDS
+from mirror import STATUS_FIELDS, LoadStats, create_mirror, run_region
+from volume.client import SourceClient
+from volume.config import MirrorConfig, write_config
 
 mirror_app = typer.Typer(help="Create, run and inspect mirror regions.")
 
@@ -78,9 +75,8 @@ def create(
 @mirror_app.command("run")
 def run_daemon(ctx: typer.Context, name: Annotated[str, typer.Argument()]) -> None:
     """Run the region daemon (changelog follower and status API) until SIGTERM."""
-    cfg = config(ctx)
-    cfg.mirror(name)
-    run_until_signalled(lambda stop: run_region(cfg, name, stop))
+    region = config(ctx).mirror_region(name)
+    run_until_signalled(lambda stop: run_region(region, stop))
 
 
 @mirror_app.command("remove")

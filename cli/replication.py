@@ -15,23 +15,26 @@ import orjson
 import typer
 from rich.progress import BarColumn, Progress, TextColumn
 
-from changelog.config import VolumeConfig
 from cli.runtime import config, run, run_until_signalled
-from mirror.copyqueue import CopyQueue
-from mirror.daemon import open_replica
-from mirror.db import Database
-from mirror.replicator import run_workers
-from mirror.verify import verify
-from mirror.warmup import pending_under
+from mirror import (
+    CopyQueue,
+    Database,
+    ReplicatorConfig,
+    open_database,
+    pending_under,
+    run_workers,
+    verify,
+)
 from objstore import open_store
+from volume.config import MirrorRegion
 
 T = TypeVar("T")
 WARMUP_POLL_S = 0.5
 
 
-def with_db(cfg: VolumeConfig, name: str, fn: Callable[[Database], Awaitable[T]]) -> T:
+def with_db(region: MirrorRegion, fn: Callable[[Database], Awaitable[T]]) -> T:
     async def main() -> T:
-        async with open_replica(cfg, name) as db:
+        async with open_database(region) as db:
             return await fn(db)
 
     return run(main())
@@ -45,25 +48,22 @@ def register(mirror_app: typer.Typer) -> None:
 
 def pause(ctx: typer.Context, name: Annotated[str, typer.Argument()]) -> None:
     """Pause block replication (the follower keeps applying metadata)."""
-    cfg = config(ctx)
-    cfg.mirror(name)
-    with_db(cfg, name, lambda db: CopyQueue(db).set_paused(True))
+    region = config(ctx).mirror_region(name)
+    with_db(region, lambda db: CopyQueue(db).set_paused(True))
     typer.echo(f"replication of {name!r} paused")
 
 
 def resume(ctx: typer.Context, name: Annotated[str, typer.Argument()]) -> None:
     """Resume block replication."""
-    cfg = config(ctx)
-    cfg.mirror(name)
-    with_db(cfg, name, lambda db: CopyQueue(db).set_paused(False))
+    region = config(ctx).mirror_region(name)
+    with_db(region, lambda db: CopyQueue(db).set_paused(False))
     typer.echo(f"replication of {name!r} resumed")
 
 
 def retry(ctx: typer.Context, name: Annotated[str, typer.Argument()]) -> None:
     """Re-queue every block that failed (attempts reset)."""
-    cfg = config(ctx)
-    cfg.mirror(name)
-    n = with_db(cfg, name, lambda db: CopyQueue(db).retry_failed())
+    region = config(ctx).mirror_region(name)
+    n = with_db(region, lambda db: CopyQueue(db).retry_failed())
     typer.echo(f"{n} failed block(s) re-queued")
 
 
@@ -74,8 +74,7 @@ def warmup(
     wait: Annotated[bool, typer.Option(help="Show progress until copied")] = True,
 ) -> None:
     """Copy the blocks under PATH before anything else, and show progress until they are in."""
-    cfg = config(ctx)
-    cfg.mirror(name)
+    region = config(ctx).mirror_region(name)
 
     async def go(db: Database) -> None:
         queue = CopyQueue(db)
@@ -96,7 +95,7 @@ def warmup(
                     return
                 await asyncio.sleep(WARMUP_POLL_S)
 
-    with_db(cfg, name, go)
+    with_db(region, go)
 
 
 def verify_cmd(
@@ -109,12 +108,11 @@ def verify_cmd(
     json: Annotated[bool, typer.Option("--json", help="JSON report")] = False,
 ) -> None:
     """Check that every copied block is in the mirror bucket with the right checksum."""
-    cfg = config(ctx)
-    mcfg = cfg.mirror(name)
+    region = config(ctx).mirror_region(name)
 
     async def go(db: Database) -> bool:
-        mirror_store = await open_store(mcfg.bucket, name="mirror")
-        source_store = await open_store(cfg.source.bucket, name="source") if repair else None
+        mirror_store = await open_store(region.bucket, name="mirror")
+        source_store = await open_store(region.source_bucket, name="source") if repair else None
         try:
             start = time.perf_counter()
             report = await verify(db, mirror_store, path, repair=repair, source_store=source_store)
@@ -135,7 +133,7 @@ def verify_cmd(
                 typer.echo(f"  {p.problem}: {p.key}{where}: {p.detail}{fixed}")
         return report.is_ok
 
-    if not with_db(cfg, name, go):
+    if not with_db(region, go):
         raise typer.Exit(1)
 
 
@@ -146,10 +144,6 @@ def worker(
     bandwidth: Annotated[float | None, typer.Option(help="Cap in bytes/s for this worker")] = None,
 ) -> None:
     """Run extra copy workers for NAME (on this or another machine, same PostgreSQL)."""
-    cfg = config(ctx)
-    cfg.mirror(name)
-    run_until_signalled(
-        lambda stop: run_workers(
-            cfg, name, stop, concurrency=concurrency, bandwidth_bytes_per_s=bandwidth
-        )
-    )
+    region = config(ctx).mirror_region(name)
+    options = ReplicatorConfig(concurrency=concurrency, bandwidth_bytes_per_s=bandwidth)
+    run_until_signalled(lambda stop: run_workers(region, stop, options))

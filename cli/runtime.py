@@ -13,10 +13,10 @@ from typing import Any, NoReturn, TypeVar
 import structlog
 import typer
 
-from changelog.config import VolumeConfig, load_config
-from changelog.errors import ChangelogError
-from mirror.errors import MirrorError
+from mirror import MirrorError
 from objstore.errors import StoreError
+from volume.config import VolumeConfig, load_config
+from volume.errors import ChangelogError
 
 T = TypeVar("T")
 

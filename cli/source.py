@@ -15,16 +15,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from changelog.client import SourceClient
-from changelog.config import (
+from changelog import serve_node
+from cli.runtime import config, fail, run, run_until_signalled
+from volume.client import SourceClient
+from volume.config import (
     CONFIG_NAME,
     NodeConfig,
     SourceConfig,
     VolumeConfig,
     write_config,
 )
-from changelog.server import serve_node
-from cli.runtime import config, fail, run, run_until_signalled
 
 source_app = typer.Typer(help="Run and inspect the source region's metadata nodes.")
 STATUS_TIMEOUT_S = 3.0

@@ -13,15 +13,15 @@ import os
 from collections.abc import AsyncIterator
 from typing import BinaryIO
 
-from changelog.client import SourceClient
-from changelog.config import VolumeConfig
-from changelog.errors import FsError
-from changelog.inode import Inode
 from fallback.reader import DEFAULT_READAHEAD, iter_pieces, plan_reads
 from fallback.source_view import SourceView
 from fallback.view import MetadataView
-from fallback.writer import WriteResult, write_file
-from objstore import ObjectStore, open_store
+from fallback.writer import DEFAULT_UPLOAD_CONCURRENCY, WriteResult, write_file
+from objstore import ConcurrencyLayer, ObjectStore, open_store
+from volume.client import SourceClient
+from volume.config import VolumeConfig
+from volume.errors import FsError
+from volume.inode import Inode
 
 
 class FsClient:
@@ -46,7 +46,8 @@ class FsClient:
         cls, cfg: VolumeConfig, *, uid: int | None = None, gid: int | None = None
     ) -> FsClient:
         store = await open_store(cfg.source.bucket, name="source")
-        return cls(SourceClient(cfg.api_urls, cfg.token), store, uid=uid, gid=gid)
+        limited = ConcurrencyLayer(store, DEFAULT_UPLOAD_CONCURRENCY)
+        return cls(SourceClient(cfg.api_urls, cfg.token), limited, uid=uid, gid=gid)
 
     async def aclose(self) -> None:
         await self.source.aclose()

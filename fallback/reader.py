@@ -11,13 +11,13 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from changelog.inode import CHUNK_SIZE, Extent, Inode
-from changelog.slices import block_ranges, visible_extents
 from fallback.view import ChunkMap, MetadataView
 from objstore import ObjectStore
 from objstore.checksum import checksum
 from objstore.errors import ChecksumError
 from objstore.keys import block_key
+from volume.extents import block_ranges, visible_extents
+from volume.inode import CHUNK_SIZE, Extent, Inode
 
 DEFAULT_READAHEAD = 16
 

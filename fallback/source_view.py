@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from changelog.client import SourceClient
-from changelog.inode import Inode, SliceRef
 from fallback.view import ChunkMap
+from volume.client import SourceClient
+from volume.inode import Inode, SliceRef
 
 
 class SourceView:

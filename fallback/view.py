@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from changelog.inode import Inode, SliceRef
+from volume.inode import Inode, SliceRef
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-from changelog.client import SourceClient
-from changelog.inode import BLOCK_SIZE, CHUNK_SIZE
 from objstore import ObjectStore
 from objstore.checksum import checksum
 from objstore.keys import block_key
+from volume.client import SourceClient
+from volume.inode import BLOCK_SIZE, CHUNK_SIZE
 
-DEFAULT_UPLOAD_CONCURRENCY = 16
+DEFAULT_UPLOAD_CONCURRENCY = 16  # requests in flight to the source bucket per client
 DEFAULT_FILE_MODE = 0o644
 
 
@@ -58,16 +58,14 @@ async def read_pieces(f: BinaryIO) -> AsyncIterator[bytes]:
         yield piece
 
 
-async def upload_slice(
-    store: ObjectStore, slice_id: int, data: bytes | memoryview, sem: asyncio.Semaphore
-) -> list[str]:
-    """PUT every block of one slice; returns their checksums in block order."""
+async def upload_slice(store: ObjectStore, slice_id: int, data: bytes | memoryview) -> list[str]:
+    """PUT every block of one slice (at most a chunk: 16 blocks at once); returns their
+    checksums in block order. The store's ConcurrencyLayer bounds requests across slices."""
     view = memoryview(data)
 
     async def one(i: int) -> str:
         block = bytes(view[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE])
-        async with sem:
-            await store.put(block_key(slice_id, i, len(block)), block)
+        await store.put(block_key(slice_id, i, len(block)), block)
         return checksum(block)
 
     count = -(-len(view) // BLOCK_SIZE)
@@ -83,7 +81,6 @@ async def write_file(
     mode: int = DEFAULT_FILE_MODE,
     uid: int = 0,
     gid: int = 0,
-    concurrency: int = DEFAULT_UPLOAD_CONCURRENCY,
 ) -> WriteResult:
     """Replace `path` with the contents of `f` (created if missing). Returns the commit version.
 
@@ -94,7 +91,6 @@ async def write_file(
     alloc = await client.op("alloc_slices", count=pieces_needed, uid=uid, gid=gid)
     next_id = int(alloc["effect"]["first"])
     end_id = next_id + int(alloc["effect"]["count"])
-    sem = asyncio.Semaphore(concurrency)
     writes: list[dict[str, Any]] = []
     offset = 0
     async for piece in read_pieces(f):
@@ -103,7 +99,7 @@ async def write_file(
             next_id = int(alloc["effect"]["first"])
             end_id = next_id + int(alloc["effect"]["count"])
         slice_id, next_id = next_id, next_id + 1
-        sums = await upload_slice(store, slice_id, piece, sem)
+        sums = await upload_slice(store, slice_id, piece)
         writes.append(
             {
                 "op": "write",

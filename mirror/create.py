@@ -16,14 +16,13 @@ from dataclasses import dataclass
 
 import structlog
 
-from changelog.client import SourceClient
-from changelog.config import MirrorConfig, VolumeConfig, write_config
-from changelog.errors import ChangelogError
-from mirror.daemon import open_replica
+from mirror.db import open_database
 from mirror.errors import MirrorError
-from mirror.follower import load_from_source
-from mirror.loader import LoadStats
+from mirror.follow import LoadStats, load_from_source
 from objstore import open_store
+from volume.client import SourceClient
+from volume.config import MirrorConfig, VolumeConfig, write_config
+from volume.errors import ChangelogError
 
 log = structlog.get_logger(__name__)
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -63,7 +62,7 @@ async def create_mirror(
         await _check_source(cfg, source)
         on_step("connecting to PostgreSQL" + ("" if mcfg.dsn else " (embedded)"))
         scratch = cfg.model_copy(update={"mirrors": {**cfg.mirrors, name: mcfg}})
-        async with open_replica(scratch, name) as db:
+        async with open_database(scratch.mirror_region(name)) as db:
             await db.migrate()
             on_step("registering with the source")
             await source.mirror(name, "register")

@@ -1,4 +1,4 @@
-"""The mirror replica's PostgreSQL: the connection pool, schema migrations, error translation.
+"""The mirror replica's PostgreSQL: opening it (DSN or embedded), the pool, migrations, errors.
 
 asyncpg and OS errors are translated here and nowhere else: every module that talks to the
 replica goes through `Database.acquire()` or `translating()`, so callers only ever see
@@ -18,7 +18,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
+from mirror.embedded import EmbeddedPostgres, start_embedded
 from mirror.errors import MirrorDbError, MirrorError
+from volume.config import MirrorRegion
 
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 DEFAULT_MIN_POOL_SIZE = 1
@@ -273,3 +275,25 @@ class Database:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+@contextlib.asynccontextmanager
+async def open_database(
+    region: MirrorRegion, *, max_size: int = DEFAULT_MAX_POOL_SIZE
+) -> AsyncIterator[Database]:
+    """The region's replica database: its DSN, or the embedded server under its data directory
+    (started here if no one runs it, and then stopped here when done)."""
+    embedded: EmbeddedPostgres | None = None
+    dsn = region.dsn
+    if not dsn:
+        embedded = await start_embedded(region.embedded_pg_dir)
+        dsn = embedded.dsn
+    try:
+        db = await Database.connect(dsn, max_size=max_size)
+        try:
+            yield db
+        finally:
+            await db.aclose()
+    finally:
+        if embedded is not None:
+            await embedded.stop()

@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Iterable
-from typing import Any, NamedTuple
 
 import asyncpg
 
-from changelog.errors import FsError
-from changelog.fileops import check_int
-from changelog.inode import ROOT_INO, Inode, SliceRef
-from changelog.paths import join_path, split_path
-from mirror.applier import read_watermark
 from mirror.db import Database
+from mirror.errors import ReplicaDivergedError
+from volume.checks import check_int
+from volume.errors import FsError
+from volume.inode import ROOT_INO, Inode, SliceRef
+from volume.paths import split_path
 
 DEFAULT_READDIR_LIMIT = 1000
+Watermark = tuple[int, int]  # (applied_version, applied_ts)
 
-_INODE_FIELDS = (
+INODE_FIELDS = (
     "i.ino, i.kind, i.mode, i.uid, i.gid, i.size, i.mtime_ms, i.ctime_ms, i.nlink, i.target"
 )
 _SQL_WALK = (
@@ -35,11 +35,11 @@ _SQL_WALK = (
     " SELECT w.depth + 1, d.ino FROM walk w JOIN dentries d"
     ' ON d.parent = w.ino AND d.name = ($1::text[])[w.depth + 1] COLLATE "C"'
     " WHERE w.depth < cardinality($1::text[]))"
-    f" SELECT w.depth, {_INODE_FIELDS} FROM walk w JOIN inodes i ON i.ino = w.ino"
+    f" SELECT w.depth, {INODE_FIELDS} FROM walk w JOIN inodes i ON i.ino = w.ino"
     " ORDER BY w.depth DESC LIMIT 1"
 )
 _SQL_READDIR = (
-    f"SELECT d.name, {_INODE_FIELDS} FROM dentries d JOIN inodes i ON i.ino = d.ino"
+    f"SELECT d.name, {INODE_FIELDS} FROM dentries d JOIN inodes i ON i.ino = d.ino"
     ' WHERE d.parent = $1 AND d.name > $2 COLLATE "C" ORDER BY d.name LIMIT $3'
 )
 _SQL_CHUNK = (
@@ -50,15 +50,7 @@ _SQL_CHUNK = (
 )
 
 
-class Backlog(NamedTuple):
-    """Blocks not yet in the mirror bucket, counted from the block table when asked."""
-
-    blocks_pending: int
-    bytes_pending: int
-    blocks_failed: int
-
-
-def _inode(row: asyncpg.Record) -> Inode:
+def row_inode(row: asyncpg.Record) -> Inode:
     return Inode(
         row["ino"],
         row["kind"],
@@ -78,12 +70,23 @@ async def _lookup(conn: asyncpg.Connection, path: str) -> Inode:
     row = await conn.fetchrow(_SQL_WALK, parts, ROOT_INO)
     if row is None:
         raise FsError(errno.ENOENT, "no such file or directory", path=path)
-    inode = _inode(row)
+    inode = row_inode(row)
     if row["depth"] == len(parts):
         return inode
     if not inode.is_dir:
         raise FsError(errno.ENOTDIR, "a path component is not a directory", path=path)
     raise FsError(errno.ENOENT, "no such file or directory", path=path)
+
+
+async def read_watermark(conn: asyncpg.Connection, *, lock: bool = False) -> Watermark:
+    row = await conn.fetchrow(
+        "SELECT applied_version, applied_ts FROM watermark FOR UPDATE"
+        if lock
+        else "SELECT applied_version, applied_ts FROM watermark"
+    )
+    if row is None:
+        raise ReplicaDivergedError("the replica has no watermark row")
+    return int(row["applied_version"]), int(row["applied_ts"])
 
 
 class Replica:
@@ -113,10 +116,10 @@ class Replica:
     async def getattr(self, ino: int) -> Inode:
         """Attributes by inode number; ENOENT if there is no such inode."""
         async with self.db.acquire() as conn:
-            row = await conn.fetchrow(f"SELECT {_INODE_FIELDS} FROM inodes i WHERE ino = $1", ino)
+            row = await conn.fetchrow(f"SELECT {INODE_FIELDS} FROM inodes i WHERE ino = $1", ino)
         if row is None:
             raise FsError(errno.ENOENT, f"no inode {ino}")
-        return _inode(row)
+        return row_inode(row)
 
     async def readdir(
         self, path: str, after: str = "", limit: int = DEFAULT_READDIR_LIMIT
@@ -133,7 +136,7 @@ class Replica:
             if not inode.is_dir:
                 raise FsError(errno.ENOTDIR, "not a directory", path=path)
             rows = await conn.fetch(_SQL_READDIR, inode.ino, after, limit)
-        return [(row["name"], _inode(row)) for row in rows]
+        return [(row["name"], row_inode(row)) for row in rows]
 
     async def chunk(self, ino: int, index: int) -> tuple[list[SliceRef], dict[int, list[str]]]:
         """The refs of chunk `index` of `ino` in write order (newer later) and the block
@@ -164,90 +167,3 @@ class Replica:
                 "SELECT slice_id, idx, state FROM blocks WHERE slice_id = any($1::bigint[])", ids
             )
         return {(row["slice_id"], row["idx"]): row["state"] for row in rows}
-
-    async def backlog(self) -> Backlog:
-        """Blocks (and their bytes) waiting to be copied, and blocks whose copy failed."""
-        async with self.db.acquire() as conn:
-            row = await conn.fetchrow(
-                "SELECT (SELECT count(*) FROM blocks WHERE state = 'pending') AS pending,"
-                " (SELECT coalesce(sum(size), 0) FROM blocks WHERE state = 'pending') AS bytes,"
-                " (SELECT count(*) FROM blocks WHERE state = 'failed') AS failed"
-            )
-        assert row is not None
-        return Backlog(int(row["pending"]), int(row["bytes"]), int(row["failed"]))
-
-    async def dump_tree(self) -> dict[str, dict[str, Any]]:
-        """The replica's namespace in exactly `NamespaceDump.dump_tree()`'s shape, so a test
-        can compare it with the source's. Reads everything: for tests and small volumes."""
-        async with (
-            self.db.acquire() as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),
-        ):
-            inodes = await conn.fetch(f"SELECT {_INODE_FIELDS} FROM inodes i")
-            entries = await conn.fetch("SELECT parent, name, ino FROM dentries")
-            refs = await conn.fetch(
-                "SELECT r.ino, r.chunk_index, r.slice_id, r.size, r.off, r.len, r.pos,"
-                " s.checksums FROM chunk_refs r JOIN slices s ON s.id = r.slice_id"
-                " ORDER BY r.ino, r.chunk_index, r.ord"
-            )
-        attrs = {row["ino"]: _inode(row).to_dict() for row in inodes}
-        children: dict[int, list[tuple[str, int]]] = {}
-        for row in entries:
-            children.setdefault(row["parent"], []).append((row["name"], row["ino"]))
-        chunks: dict[int, dict[int, list[dict[str, Any]]]] = {}
-        for row in refs:
-            chunks.setdefault(row["ino"], {}).setdefault(row["chunk_index"], []).append(
-                {
-                    "id": row["slice_id"],
-                    "size": row["size"],
-                    "off": row["off"],
-                    "len": row["len"],
-                    "pos": row["pos"],
-                    "checksums": list(row["checksums"]),
-                }
-            )
-        out: dict[str, dict[str, Any]] = {}
-        stack: list[tuple[str, int]] = [("/", ROOT_INO)]
-        while stack:
-            path, ino = stack.pop()
-            item = dict(attrs[ino])
-            if item["kind"] == "dir":
-                stack.extend(
-                    (join_path(path, name), child) for name, child in children.get(ino, [])
-                )
-            elif item["kind"] == "file":
-                item["chunks"] = [[index, r] for index, r in sorted(chunks.get(ino, {}).items())]
-            out[path] = item
-        return dict(sorted(out.items()))
-
-    async def check_integrity(self) -> list[str]:
-        """Problems that `dump_tree` cannot show (rows no path reaches, dangling references);
-        [] for a sound replica. Scans every table: for tests and `fsck`-style checks."""
-        checks = {
-            "inodes no entry names": "SELECT count(*) FROM inodes i WHERE i.ino <> 1 AND NOT"
-            " EXISTS (SELECT 1 FROM dentries d WHERE d.ino = i.ino)",
-            "entries naming no inode": "SELECT count(*) FROM dentries d WHERE NOT EXISTS"
-            " (SELECT 1 FROM inodes i WHERE i.ino = d.ino)",
-            "entries in no directory": "SELECT count(*) FROM dentries d WHERE NOT EXISTS"
-            " (SELECT 1 FROM inodes i WHERE i.ino = d.parent AND i.kind = 'dir')",
-            "refs of no file": "SELECT count(*) FROM chunk_refs r WHERE NOT EXISTS"
-            " (SELECT 1 FROM inodes i WHERE i.ino = r.ino AND i.kind = 'file')",
-            "refs to no slice": "SELECT count(*) FROM chunk_refs r WHERE NOT EXISTS"
-            " (SELECT 1 FROM slices s WHERE s.id = r.slice_id)",
-            "slices without a ref": "SELECT count(*) FROM slices s WHERE NOT EXISTS"
-            " (SELECT 1 FROM chunk_refs r WHERE r.slice_id = s.id)",
-            "blocks of no slice": "SELECT count(*) FROM blocks b WHERE NOT EXISTS"
-            " (SELECT 1 FROM slices s WHERE s.id = b.slice_id)",
-            "slices with missing blocks": "SELECT count(*) FROM slices s WHERE"
-            " cardinality(s.checksums) <> (SELECT count(*) FROM blocks b WHERE b.slice_id = s.id)",
-        }
-        problems: list[str] = []
-        async with (
-            self.db.acquire() as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),
-        ):
-            for what, sql in checks.items():
-                count = int(await conn.fetchval(sql))
-                if count:
-                    problems.append(f"{count} {what}")
-        return problems

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import asyncpg
 
-from mirror.copyqueue import CopyQueue
-from mirror.db import Database
+from mirror import CopyQueue, Database
 from scenarios.bench_source import pct
 from tests.changelog.cluster import SourceCluster
 from tests.mirror.region import MirrorRegion, make_files

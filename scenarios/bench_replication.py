@@ -36,8 +36,8 @@ import structlog
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
-from mirror.db import Database
-from mirror.replicator import Replicator
+from mirror import Database
+from mirror.replicate import Replicator, ReplicatorConfig
 from objstore import open_store
 from objstore.checksum import checksum
 from objstore.keys import block_key
@@ -126,7 +126,10 @@ class Bench:
         async with self.db.acquire() as conn:
             await conn.execute("TRUNCATE blocks")
         rep = Replicator(
-            self.db, source, mirror, concurrency=self.concurrency, check_existing=check
+            self.db,
+            source,
+            mirror,
+            ReplicatorConfig(concurrency=self.concurrency, check_existing=check),
         )
         stop = asyncio.Event()
         task = asyncio.create_task(rep.run(stop))
@@ -205,7 +208,7 @@ class Bench:
         mirror = await open_store(self.url(self.dst, dst_bucket), name="mirror")
         async with self.db.acquire() as conn:
             await conn.execute("TRUNCATE blocks")
-        rep = Replicator(self.db, source, mirror, concurrency=self.concurrency)
+        rep = Replicator(self.db, source, mirror, ReplicatorConfig(concurrency=self.concurrency))
         stop = asyncio.Event()
         task = asyncio.create_task(rep.run(stop))
         session = get_session()

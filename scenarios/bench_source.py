@@ -21,9 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from changelog.client import SourceClient
-from changelog.snapshot import read_snapshot_records
 from tests.changelog.cluster import SourceCluster
+from volume.client import SourceClient
+from volume.snapshot import read_snapshot_records
 
 
 def pct(values: list[float], p: float) -> float:

@@ -13,13 +13,13 @@ from typing import Any
 import orjson
 import pytest
 
-from changelog.config import load_config
 from fallback.client import FsClient
 from objstore import open_store
 from objstore.keys import BLOCK_PREFIX
 from tests.changelog.cluster import SourceCluster
 from tests.mirror.region import MirrorRegion
 from tests.test_cli import mfs
+from volume.config import load_config
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from changelog.client import SourceClient
-from changelog.config import VolumeConfig, write_config
 from cli.source import new_volume
+from volume.client import SourceClient
+from volume.config import VolumeConfig, write_config
 
 
 class SourceCluster:

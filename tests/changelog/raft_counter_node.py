@@ -38,7 +38,7 @@ def _node_main(argv: list[str]) -> None:
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 
-    from changelog.raftconf import DurableSyncObj, make_conf
+    from changelog.raft.conf import DurableSyncObj, make_conf
 
     class AppendLog(SyncObjConsumer):  # type: ignore[misc]
         def __init__(self) -> None:

@@ -17,15 +17,15 @@ from typing import Any
 import pytest
 
 from changelog.gc import CURSOR_FILE, SourceGc, read_cursor, write_cursor
-from changelog.inode import block_count
-from changelog.records import TICK, Record
-from changelog.segments import SegmentLog
-from changelog.state import MIRROR_ACK, MIRROR_REGISTER, MIRROR_REMOVE, MetaState
+from changelog.log.segments import SegmentLog
+from changelog.raft.state import MetaState
 from objstore.base import ObjectStore
 from objstore.errors import NotFoundError, UnavailableError
 from objstore.faults import FaultLayer, FaultPlan
 from objstore.keys import BLOCK_SIZE, slice_block_keys
 from objstore.local import LocalStore
+from volume.inode import block_count
+from volume.records import MIRROR_ACK, MIRROR_REGISTER, MIRROR_REMOVE, TICK, Record
 
 ROOT = {"uid": 0, "gid": 0}
 TWO_BLOCKS = BLOCK_SIZE + 100  # a slice of two blocks (4 MiB + 100 B)

@@ -1,4 +1,5 @@
-"""The durable Raft journal (changelog.journal) and its wiring into pysyncobj (changelog.raftconf).
+"""The durable Raft journal (changelog.raft.journal) and its wiring into pysyncobj
+(changelog.raft.conf).
 
 What these tests cover, and what they cannot:
 - The file format: torn or corrupted tails are dropped on reopen, term/vote/commit and
@@ -34,17 +35,16 @@ from pysyncobj import SyncObj, SyncObjConsumer, replicated
 from pysyncobj.encryptor import getEncryptor
 from pysyncobj.journal import FileJournal
 
-from changelog import journal as journal_mod
-from changelog.errors import ConfigError
-from changelog.journal import DurableJournal, JournalError, durable_replace, read_journal
-from changelog.raftconf import (
+from changelog.raft.conf import (
     DURABLE_MESSAGES,
     DurableSyncObj,
     DurableTCPTransport,
     install,
     make_conf,
 )
+from changelog.raft.journal import DurableJournal, JournalError, durable_replace, read_journal
 from tests.changelog.raft_counter_node import Cluster, NodeProcess, free_ports, wait_for
+from volume.errors import ConfigError
 
 NOOP = b"\x01"
 
@@ -215,7 +215,7 @@ def test_synced_entries_are_in_the_file_for_another_process(open_journal: Any, j
     j.add(*entry(4, term=5))
     j.sync_log()  # the hook DurableTCPTransport runs before sending answers
     reader = (
-        "import json, sys; from changelog.journal import read_journal; "
+        "import json, sys; from changelog.raft.journal import read_journal; "
         "st = read_journal(sys.argv[1]); "
         "print(json.dumps([[[e[1], e[2]] for e in st.entries], st.term, st.voted_for]))"
     )
@@ -249,7 +249,9 @@ def test_a_journal_is_opened_once(open_journal: Any, jpath: Path) -> None:
     open_journal()
     with pytest.raises(JournalError, match="already open"):
         DurableJournal(jpath)
-    code = "import sys; from changelog.journal import DurableJournal; DurableJournal(sys.argv[1])"
+    code = (
+        "import sys; from changelog.raft.journal import DurableJournal; DurableJournal(sys.argv[1])"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code, str(jpath)], capture_output=True, text=True, timeout=60,
         cwd=Path(__file__).resolve().parents[2],
@@ -317,7 +319,6 @@ def test_install_is_idempotent_and_leaves_plain_syncobj_alone(tmp_path: Path) ->
         assert isinstance(plain._SyncObj__raftLog, FileJournal)
     finally:
         plain.destroy_synchronous()
-    assert journal_mod.make_conf is make_conf  # changelog.node imports it from changelog.journal
 
 
 class _Log(SyncObjConsumer):  # type: ignore[misc]

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from changelog.errors import FsError
-from changelog.inode import CHUNK_SIZE, ROOT_INO, block_count
 from changelog.namespace import Namespace
-from changelog.slices import visible_extents
+from volume.errors import FsError
+from volume.extents import visible_extents
+from volume.inode import CHUNK_SIZE, ROOT_INO, block_count
 
 ROOT = {"uid": 0, "gid": 0}
 ALICE = {"uid": 1000, "gid": 1000}

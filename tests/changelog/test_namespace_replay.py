@@ -20,11 +20,11 @@ from typing import Any
 import msgpack
 import pytest
 
-from changelog.errors import FsError
-from changelog.inode import CHUNK_SIZE, ROOT_INO, block_count
 from changelog.namespace import Namespace
-from changelog.slices import invisible_indices, visible_extents
 from tests.changelog.test_namespace import ALICE, BOB, ROOT, MiB, put, state, sums, tree
+from volume.errors import FsError
+from volume.extents import invisible_indices, visible_extents
+from volume.inode import CHUNK_SIZE, ROOT_INO, block_count
 
 # -- effects are self-sufficient: replaying them rebuilds the same namespace --------------------
 
@@ -292,11 +292,11 @@ def test_shared_slice_is_freed_with_its_last_ref() -> None:
         if row.get("name") == "b":
             row.update(size=MiB, chunks=[[0, [[sid, MiB, 0, MiB, 0]]]])
     shared = Namespace.from_snapshot(rows)
-    assert shared.refcount(sid) == 2
+    assert shared.tables.refcount(sid) == 2
     assert shared.apply("unlink", {"path": "/a", **ROOT}, 2)["freed"] == []
-    assert shared.refcount(sid) == 1 and shared.slice_info(sid).size == MiB
+    assert shared.tables.refcount(sid) == 1 and shared.slice_info(sid).size == MiB
     freed = shared.apply("truncate", {"path": "/b", "size": 0, **ROOT}, 3)["freed"]
-    assert [f["id"] for f in freed] == [sid] and shared.refcount(sid) == 0
+    assert [f["id"] for f in freed] == [sid] and shared.tables.refcount(sid) == 0
 
 
 def test_pickle_roundtrip() -> None:

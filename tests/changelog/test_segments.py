@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from changelog import segment_files
-from changelog.errors import ChangelogError, FrameError, VersionGoneError
-from changelog.records import FrameDecoder, Record, encode_frame
-from changelog.segment_files import SegmentIndex, read_index, write_index
-from changelog.segments import SegmentGapError, SegmentLog
+from changelog.log import files as segment_files
+from changelog.log.files import SegmentIndex, read_index, write_index
+from changelog.log.segments import SegmentGapError, SegmentLog
+from volume.errors import ChangelogError, FrameError, VersionGoneError
+from volume.records import FrameDecoder, Record, encode_frame
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -527,7 +527,7 @@ def test_concurrent_readers_see_a_contiguous_stream(tmp_path: Path) -> None:
 CHILD = """
 import sys
 from pathlib import Path
-from changelog.segments import SegmentLog
+from changelog.log.segments import SegmentLog
 from tests.changelog.test_segments import recs
 log = SegmentLog.open(Path(sys.argv[1]), segment_bytes=64 * 1024, fsync=False)
 v = log.last_version

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from changelog.namespace import Namespace
-from changelog.snapshot import read_snapshot_records
 from tests.changelog.cluster import SourceCluster
+from volume.snapshot import read_snapshot_records
 
 
 async def test_snapshot_during_writes_is_consistent(running: SourceCluster) -> None:
@@ -50,7 +50,7 @@ async def test_snapshot_during_writes_is_consistent(running: SourceCluster) -> N
 async def test_truncated_snapshot_stream_is_detected(running: SourceCluster) -> None:
     import pytest
 
-    from changelog.errors import FrameError
+    from volume.errors import FrameError
 
     async with running.client() as c:
         await c.op("mkdir", path="/x", mode=0o755)

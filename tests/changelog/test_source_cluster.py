@@ -9,10 +9,10 @@ import time
 import aiohttp
 import pytest
 
-from changelog.client import SourceClient
-from changelog.errors import AuthError, BadRequestError, FsError, VersionGoneError
-from changelog.records import Record
 from tests.changelog.cluster import SourceCluster
+from volume.client import SourceClient
+from volume.errors import AuthError, BadRequestError, FsError, VersionGoneError
+from volume.records import Record
 
 
 async def write_stream(client: SourceClient, acked: list[str], stop: asyncio.Event) -> None:

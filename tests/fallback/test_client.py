@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from changelog.config import load_config
-from changelog.inode import CHUNK_SIZE
 from fallback.client import FsClient
 from objstore import open_store
 from objstore.errors import ChecksumError
 from objstore.keys import BLOCK_PREFIX
 from tests.changelog.cluster import SourceCluster
+from volume.config import load_config
+from volume.inode import CHUNK_SIZE
 
 
 @pytest.fixture(params=["file", "s3"])
@@ -59,7 +59,7 @@ async def test_overwrite_replaces_content_and_frees_old_slices(fs: FsClient) -> 
 async def test_empty_file_and_missing_parent(fs: FsClient) -> None:
     await fs.put(io.BytesIO(b""), "/empty")  # type: ignore[arg-type]
     assert await read_all(fs, "/empty") == b""
-    from changelog.errors import FsError
+    from volume.errors import FsError
 
     with pytest.raises(FsError) as info:
         await fs.put(io.BytesIO(b"x"), "/no/such/dir/f")  # type: ignore[arg-type]

@@ -14,13 +14,12 @@ from typing import Any
 
 import pytest
 
-from changelog.errors import FsError
-from changelog.inode import CHUNK_SIZE, ROOT_INO, block_count
 from changelog.namespace import Namespace
-from changelog.records import TICK, Record, decode_payload, encode_payload
-from changelog.state import MIRROR_ACK, MIRROR_REGISTER
 from mirror.db import Database
 from mirror.replica import Replica
+from volume.errors import FsError
+from volume.inode import CHUNK_SIZE, ROOT_INO, block_count
+from volume.records import MIRROR_ACK, MIRROR_REGISTER, TICK, Record, decode_payload, encode_payload
 
 MiB = 1024 * 1024
 NAMES = ["a", "b", "c", "d", "e", "f", "é", "Z"]
@@ -65,13 +64,13 @@ class Workload:
     def _walk(self, want: str) -> str | None:
         path, ino = "/", ROOT_INO
         for _ in range(12):
-            entries = self.ns.entries[ino]
+            entries = self.ns.tables.entries[ino]
             if not entries or (want == "dir" and self.rng.random() < 0.35):
                 break
             name = self.rng.choice(list(entries))
             child = entries[name]
             path = f"{path.rstrip('/')}/{name}"
-            kind = self.ns.inodes[child].kind
+            kind = self.ns.tables.inodes[child].kind
             if kind != "dir":
                 return path if want in (kind, "any") else None
             ino = child

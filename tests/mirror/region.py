@@ -10,16 +10,17 @@ import sys
 import time
 from typing import Any
 
-from changelog.config import MirrorConfig, load_config
 from changelog.namespace import Namespace
-from changelog.snapshot import read_snapshot_records
 from cli.mirror import fetch_status
 from cli.source import free_ports
+from mirror.audit import dump_tree
 from mirror.create import create_mirror
 from mirror.db import Database
 from mirror.embedded import start_embedded
 from mirror.replica import Replica
 from tests.changelog.cluster import SourceCluster
+from volume.config import MirrorConfig, load_config
+from volume.snapshot import read_snapshot_records
 
 
 async def source_dump(cluster: SourceCluster) -> tuple[int, dict[str, Any]]:
@@ -103,7 +104,7 @@ class MirrorRegion:
 
     async def dump(self) -> dict[str, Any]:
         async with await Database.connect(await self._dsn()) as db:
-            return await Replica(db).dump_tree()
+            return await dump_tree(db)
 
     async def block_rows(self) -> int:
         """Rows in the block table (the copy queue), whatever their state."""

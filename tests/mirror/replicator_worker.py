@@ -3,7 +3,7 @@
     python -m tests.mirror.replicator_worker DSN SOURCE_URL MIRROR_URL [--worker-id ID]
         [--lease-s S] [--concurrency N] [--bandwidth BYTES_PER_S]
 
-Runs `mirror.replicator.run_replicator` (what `mirrorfs mirror worker NAME` runs) until SIGTERM.
+Runs `mirror.replicate.run_replicator` (what `mirrorfs mirror worker NAME` runs) until SIGTERM.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import asyncio
 import signal
 
 from mirror.db import Database
-from mirror.replicator import run_replicator
+from mirror.replicate import ReplicatorConfig, run_replicator
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -25,10 +25,12 @@ async def serve(args: argparse.Namespace) -> None:
             args.source,
             args.mirror,
             stop,
-            worker_id=args.worker_id,
-            lease_s=args.lease_s,
-            concurrency=args.concurrency,
-            bandwidth_bytes_per_s=args.bandwidth,
+            ReplicatorConfig(
+                worker_id=args.worker_id,
+                lease_s=args.lease_s,
+                concurrency=args.concurrency,
+                bandwidth_bytes_per_s=args.bandwidth,
+            ),
         )
 
 

@@ -11,12 +11,13 @@ from typing import Any
 
 import pytest
 
-from changelog.records import Record
-from mirror.applier import apply_records
+from mirror.audit import check_integrity, dump_tree
 from mirror.db import Database
 from mirror.errors import ApplyGapError, MalformedRecordError, ReplicaDivergedError
+from mirror.follow.applier import apply_records
 from mirror.replica import Replica
 from tests.mirror.conftest import Workload, batches
+from volume.records import Record
 
 
 async def table_state(db: Database) -> dict[str, Any]:
@@ -48,9 +49,9 @@ async def test_replica_equals_source_after_random_batches(
     rng = random.Random(seed)
     for batch in batches(w.records, rng, 120):
         assert await apply_records(db, batch) == (batch[-1].version, batch[-1].ts)
-    assert await replica.dump_tree() == w.ns.dump_tree()
+    assert await dump_tree(db) == w.ns.dump_tree()
     assert await replica.watermark() == (w.version, w.records[-1].ts)
-    assert await replica.check_integrity() == []
+    assert await check_integrity(db) == []
 
 
 async def test_every_kind_of_replacement_is_covered() -> None:
@@ -81,7 +82,7 @@ async def test_one_record_at_a_time_and_one_big_batch_agree(db: Database, replic
     for record in w.records[:150]:
         await apply_records(db, [record])
     await apply_records(db, w.records[150:])
-    assert await replica.dump_tree() == w.ns.dump_tree()
+    assert await dump_tree(db) == w.ns.dump_tree()
 
 
 async def test_redelivery_is_skipped(db: Database, replica: Replica) -> None:
@@ -93,7 +94,7 @@ async def test_redelivery_is_skipped(db: Database, replica: Replica) -> None:
     assert await table_state(db) == before
     # an overlapping batch applies only its new tail
     await apply_records(db, w.records[200:])
-    assert await replica.dump_tree() == w.ns.dump_tree()
+    assert await dump_tree(db) == w.ns.dump_tree()
 
 
 async def test_gap_applies_nothing(db: Database) -> None:
@@ -148,7 +149,7 @@ async def test_failing_batch_changes_nothing(fault: str, db: Database, replica: 
     assert await table_state(db) == before
     # the genuine records still apply afterwards
     await apply_records(db, w.records[200:])
-    assert await replica.dump_tree() == w.ns.dump_tree()
+    assert await dump_tree(db) == w.ns.dump_tree()
 
 
 async def test_missing_row_is_divergence(db: Database) -> None:
@@ -180,7 +181,7 @@ async def test_freed_slices_move_to_gc_queue(db: Database) -> None:
         live = {r["id"] for r in await conn.fetch("SELECT id FROM slices")}
         pending = await conn.fetchval("SELECT count(*) FROM blocks WHERE state <> 'pending'")
     assert gc == freed
-    assert live == set(w.ns.slices) and not live & {sid for sid, _ in freed}
+    assert live == set(w.ns.tables.slices) and not live & {sid for sid, _ in freed}
     assert pending == 0
 
 
@@ -195,7 +196,7 @@ async def test_concurrent_appliers_apply_each_record_once(db: Database, replica:
             await apply_records(db, chunk)
 
     await asyncio.gather(follower(), follower())
-    assert await replica.dump_tree() == w.ns.dump_tree()
+    assert await dump_tree(db) == w.ns.dump_tree()
 
 
 @pytest.mark.slow
@@ -210,7 +211,7 @@ async def test_apply_rate(db: Database, replica: Replica) -> None:
         f"\napplied {len(w.records)} records in {elapsed:.2f}s: {len(w.records) / elapsed:,.0f}/s"
     )
     print(dict(Counter(r.op for r in w.records)))
-    assert await replica.dump_tree() == w.ns.dump_tree()
+    assert await dump_tree(db) == w.ns.dump_tree()
 
 
 async def test_applying_on_a_callers_connection_commits_with_the_caller(
@@ -229,4 +230,4 @@ async def test_applying_on_a_callers_connection_commits_with_the_caller(
         assert await replica.watermark() == (0, 0)
         async with conn.transaction():
             await apply_records(conn, w.records)
-    assert await replica.dump_tree() == w.ns.dump_tree()
+    assert await dump_tree(db) == w.ns.dump_tree()

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from changelog.errors import FsError
-from mirror.copyqueue import (
+from mirror.db import Database
+from mirror.replicate.queue import (
     MIRROR_UNAVAILABLE,
     NOTIFY_CHANNEL,
     PRIORITY_FALLBACK,
@@ -22,9 +22,9 @@ from mirror.copyqueue import (
     CopyQueue,
     Failure,
 )
-from mirror.db import Database
 from objstore import ObjectStore, open_store
 from tests.mirror.volume import Volume
+from volume.errors import FsError
 
 
 @pytest.fixture

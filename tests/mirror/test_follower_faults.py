@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from changelog.client import SourceClient
 from mirror.db import Database
-from mirror.follower import Follower
+from mirror.follow.follower import Follower
 from tests.changelog.cluster import SourceCluster
 from tests.mirror.region import MirrorRegion, make_files, source_dump
 from tests.servers.faultproxy import FaultProxy
+from volume.client import SourceClient
 
 
 @pytest.fixture

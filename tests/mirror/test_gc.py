@@ -12,17 +12,17 @@ from typing import Any
 
 import pytest
 
-from changelog.inode import block_count
 from changelog.namespace import Namespace
-from changelog.records import Record
-from mirror.applier import apply_records
 from mirror.db import Database
+from mirror.follow.applier import apply_records
 from mirror.gc import MirrorGc
 from objstore.base import ObjectStore
 from objstore.errors import NotFoundError, UnavailableError
 from objstore.faults import FaultLayer, FaultPlan
 from objstore.keys import BLOCK_SIZE, slice_block_keys
 from objstore.local import LocalStore
+from volume.inode import block_count
+from volume.records import Record
 
 ROOT = {"uid": 0, "gid": 0}
 TWO_BLOCKS = BLOCK_SIZE + 100

@@ -8,12 +8,12 @@ import os
 import time
 from pathlib import Path
 
-from changelog.config import load_config
 from fallback.client import FsClient
 from objstore import open_store
 from objstore.keys import BLOCK_PREFIX, slice_block_keys
 from tests.changelog.cluster import SourceCluster
 from tests.mirror.region import MirrorRegion
+from volume.config import load_config
 
 
 async def block_keys(fs: FsClient) -> set[str]:

@@ -10,16 +10,18 @@ from typing import Any
 import msgpack
 import pytest
 
-from changelog.inode import ROOT_INO
-from changelog.nsdump import SNAPSHOT_FORMAT
-from mirror.applier import apply_records
+from mirror.audit import check_integrity, dump_tree
 from mirror.db import Database
 from mirror.errors import SnapshotError
-from mirror.loader import LoadStats, load_snapshot
+from mirror.follow.applier import apply_records
+from mirror.follow.loader import LoadStats, load_replica
 from mirror.replica import Replica
+from mirror.replicate import CopyQueue
 from objstore.keys import block_sizes
 from tests.mirror.conftest import MiB, Workload, sums
 from tests.mirror.test_applier import table_state
+from volume.inode import ROOT_INO
+from volume.snapshot import SNAPSHOT_FORMAT
 
 
 def wire_rows(w: Workload) -> list[dict[str, Any]]:
@@ -37,7 +39,9 @@ async def blocks_by_state(db: Database) -> dict[str, set[tuple[int, int]]]:
 
 def live_blocks(w: Workload) -> set[tuple[int, int]]:
     return {
-        (sid, i) for sid, info in w.ns.slices.items() for i in range(len(block_sizes(info.size)))
+        (sid, i)
+        for sid, info in w.ns.tables.slices.items()
+        for i in range(len(block_sizes(info.size)))
     }
 
 
@@ -49,7 +53,7 @@ async def test_snapshot_then_changelog_equals_source(
     rows, version, ts = wire_rows(w), w.version, w.records[-1].ts
     w.run(1000)
     seen: list[int] = []
-    stats = await load_snapshot(db, version, ts, rows, on_progress=lambda s: seen.append(s.inodes))
+    stats = await load_replica(db, version, ts, rows, on_progress=lambda s: seen.append(s.inodes))
     assert (stats.inodes, stats.slices) == (rows[0]["inodes"], rows[0]["slices"])
     assert stats.blocks == stats.blocks_pending == len(live_blocks_of_rows(rows))
     assert seen and seen[-1] == stats.inodes
@@ -57,8 +61,8 @@ async def test_snapshot_then_changelog_equals_source(
     assert await replica.snapshot_version() == version
     # refs loaded from the snapshot order before refs appended by later writes
     await apply_records(db, w.records)  # re-delivery of everything up to `version` is skipped
-    assert await replica.dump_tree() == w.ns.dump_tree()
-    assert await replica.check_integrity() == []
+    assert await dump_tree(db) == w.ns.dump_tree()
+    assert await check_integrity(db) == []
 
 
 def live_blocks_of_rows(rows: list[dict[str, Any]]) -> set[tuple[int, int]]:
@@ -72,8 +76,8 @@ async def test_rows_may_come_from_an_async_iterator(db: Database, replica: Repli
         for row in wire_rows(w):
             yield row
 
-    await load_snapshot(db, w.version, 77, stream())
-    assert await replica.dump_tree() == w.ns.dump_tree()
+    await load_replica(db, w.version, 77, stream())
+    assert await dump_tree(db) == w.ns.dump_tree()
     assert await replica.watermark() == (w.version, 77)
 
 
@@ -82,7 +86,7 @@ async def test_reload_replaces_everything_and_keeps_copied_blocks(
 ) -> None:
     w = Workload(9).run(400)
     first = w.version
-    await load_snapshot(db, first, 1, wire_rows(w))
+    await load_replica(db, first, 1, wire_rows(w))
     before = live_blocks(w)
     async with db.acquire() as conn:
         await conn.execute("UPDATE blocks SET state = 'copied', copied_at = now()")
@@ -105,7 +109,7 @@ async def test_reload_replaces_everything_and_keeps_copied_blocks(
     w.run(500)
     async with db.acquire() as conn:
         await conn.execute("INSERT INTO inodes VALUES (424242, 'file', 0, 0, 0, 0, 0, 0, 1, NULL)")
-    stats = await load_snapshot(db, w.version, 2, wire_rows(w))
+    stats = await load_replica(db, w.version, 2, wire_rows(w))
     after = live_blocks(w)
     states = await blocks_by_state(db)
     kept = (before & after) - {tuple(stale), tuple(failed)}
@@ -121,8 +125,8 @@ async def test_reload_replaces_everything_and_keeps_copied_blocks(
         }
     assert set(gc) == before - after and set(gc.values()) == {w.version}
     assert stats.blocks_to_gc == len(before - after)
-    assert await replica.dump_tree() == w.ns.dump_tree()
-    assert await replica.check_integrity() == []
+    assert await dump_tree(db) == w.ns.dump_tree()
+    assert await check_integrity(db) == []
 
 
 def _bad_streams(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -170,7 +174,7 @@ async def test_bad_snapshot_changes_nothing(case: str, db: Database) -> None:
     await apply_records(db, w.records[:100])
     before = await table_state(db)
     with pytest.raises(SnapshotError):
-        await load_snapshot(db, w.version, 5, _bad_streams(wire_rows(w))[case])
+        await load_replica(db, w.version, 5, _bad_streams(wire_rows(w))[case])
     assert await table_state(db) == before
 
 
@@ -209,11 +213,11 @@ async def test_load_rate(db: Database, replica: Replica) -> None:
     """Initial load of 100k inodes (printed; the budget is 1M inodes in <= 60 s)."""
     n = 100_000
     started = time.perf_counter()
-    stats: LoadStats = await load_snapshot(db, 10, 20, synthetic_rows(n))
+    stats: LoadStats = await load_replica(db, 10, 20, synthetic_rows(n))
     elapsed = time.perf_counter() - started
     print(f"\nloaded {stats.inodes} inodes, {stats.blocks} blocks in {elapsed:.2f}s")
     assert stats.inodes == n and stats.blocks_pending == stats.blocks
-    assert (await replica.backlog()).blocks_pending == stats.blocks
+    assert (await CopyQueue(db).stats()).blocks_pending == stats.blocks
     n_dirs = n // 201
     names = [name for name, _ in await replica.readdir("/d00001", limit=10_000)]
     assert names == [f"file-{f:07d}.bin" for f in range(1, n - 1 - n_dirs, n_dirs)]

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from changelog.config import load_config
-from changelog.errors import AuthError, ConfigError
 from mirror.errors import MirrorDbError, MirrorError
 from tests.changelog.cluster import SourceCluster
 from tests.mirror.region import MirrorRegion, make_files, source_dump
+from volume.config import load_config
+from volume.errors import AuthError, ConfigError
 
 
 @pytest.fixture

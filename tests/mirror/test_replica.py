@@ -6,14 +6,22 @@ import errno
 
 import pytest
 
-from changelog.errors import FsError
-from changelog.inode import Inode
 from changelog.namespace import Namespace
-from mirror.applier import apply_records
+from mirror.audit import dump_tree
 from mirror.db import Database
-from mirror.replica import Backlog, Replica
+from mirror.follow.applier import apply_records
+from mirror.replica import Replica
+from mirror.replicate import CopyQueue
 from objstore.keys import block_sizes
 from tests.mirror.conftest import Workload
+from volume.errors import FsError
+from volume.inode import Inode
+
+
+async def backlog(db: Database) -> tuple[int, int, int]:
+    """(blocks pending, bytes pending, blocks failed) as the copy queue counts them."""
+    stats = await CopyQueue(db).stats()
+    return stats.blocks_pending, stats.bytes_pending, stats.blocks_failed
 
 
 async def replica_of(db: Database, seed: int, records: int) -> Workload:
@@ -24,11 +32,11 @@ async def replica_of(db: Database, seed: int, records: int) -> Workload:
     return w
 
 
-async def test_empty_replica_is_the_version_0_namespace(replica: Replica) -> None:
-    assert await replica.dump_tree() == Namespace().dump_tree()
+async def test_empty_replica_is_the_version_0_namespace(db: Database, replica: Replica) -> None:
+    assert await dump_tree(db) == Namespace().dump_tree()
     assert await replica.watermark() == (0, 0)
     assert await replica.snapshot_version() is None
-    assert await replica.backlog() == Backlog(0, 0, 0)
+    assert await backlog(db) == (0, 0, 0)
     assert await replica.readdir("/") == []
 
 
@@ -64,7 +72,7 @@ async def test_lookup_and_getattr_match_the_source(
     assert any(w.ns.dump_tree()[p]["kind"] == "symlink" for p in w.ns.dump_tree())
     for path in paths:
         await _same_answer(lambda p=path: w.ns.resolve(p), lambda p=path: replica.lookup(p))
-    for ino in [*w.ns.inodes, 10**9]:
+    for ino in [*w.ns.tables.inodes, 10**9]:
         await _same_answer(lambda i=ino: w.ns.getattr(i), lambda i=ino: replica.getattr(i))
 
 
@@ -72,7 +80,7 @@ async def test_readdir_pages_like_the_source(db: Database, replica: Replica) -> 
     w = await replica_of(db, 3, 600)
     dump = w.ns.dump_tree()
     dirs = [p for p, a in dump.items() if a["kind"] == "dir"]
-    assert any(len(w.ns.entries[dump[d]["ino"]]) >= 4 for d in dirs)
+    assert any(len(w.ns.tables.entries[dump[d]["ino"]]) >= 4 for d in dirs)
     for path in dirs:
         for limit in (1, 2, 1000):
             after = ""
@@ -106,7 +114,7 @@ async def test_readdir_of_unicode_and_ascii_names(db: Database, replica: Replica
 
 async def test_chunk_matches_the_source(db: Database, replica: Replica) -> None:
     w = await replica_of(db, 4, 600)
-    files = [i for i in w.ns.inodes.values() if i.is_file]
+    files = [i for i in w.ns.tables.inodes.values() if i.is_file]
     assert any(len(w.ns.chunk_slices(f.ino, 0)) > 1 for f in files), "chunks with several refs"
     for f in files:
         for index in range(4):
@@ -122,13 +130,13 @@ async def test_block_states_and_backlog_follow_the_table(db: Database, replica: 
     w = await replica_of(db, 5, 500)
     blocks = {
         (sid, i): size
-        for sid, info in w.ns.slices.items()
+        for sid, info in w.ns.tables.slices.items()
         for i, size in enumerate(block_sizes(info.size))
     }
     assert blocks
-    states = await replica.block_states(w.ns.slices)
+    states = await replica.block_states(w.ns.tables.slices)
     assert states == dict.fromkeys(blocks, "pending")
-    assert await replica.backlog() == Backlog(len(blocks), sum(blocks.values()), 0)
+    assert await backlog(db) == (len(blocks), sum(blocks.values()), 0)
     some = sorted(blocks)[:3]
     async with db.acquire() as conn:
         await conn.execute(
@@ -141,7 +149,7 @@ async def test_block_states_and_backlog_follow_the_table(db: Database, replica: 
     assert states[some[0]] == "copied" and states[some[1]] == "failed"
     assert {k[0] for k in states} == {some[0][0], some[1][0]}
     pending = set(blocks) - {some[0], some[1]}
-    assert await replica.backlog() == Backlog(len(pending), sum(blocks[b] for b in pending), 1)
+    assert await backlog(db) == (len(pending), sum(blocks[b] for b in pending), 1)
     assert await replica.block_states([]) == {}
 
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from mirror.copier import TokenBucket
-from mirror.copyqueue import SOURCE_CORRUPT, SOURCE_MISSING, Claim, CopyQueue
 from mirror.db import Database
-from mirror.replicator import PresenceCheck, Replicator, run_workers
-from objstore import ObjectStore, open_store
+from mirror.replicate.queue import SOURCE_CORRUPT, SOURCE_MISSING, Claim, CopyQueue
+from mirror.replicate.replicator import PresenceCheck, Replicator, ReplicatorConfig
+from mirror.worker import run_workers
+from objstore import ObjectStore, TokenBucket, open_store
 from objstore.checksum import checksum
 from objstore.keys import BLOCK_PREFIX, block_key
 from tests.mirror.volume import (
@@ -42,6 +42,11 @@ from tests.mirror.volume import (
 )
 from tests.servers.faultproxy import FaultProxy
 from tests.servers.seaweed import SeaweedServer
+
+
+async def status_of(rep: Replicator) -> dict[str, object]:
+    """The replicator's part of the region status: the table's counts and this process's view."""
+    return {**(await rep.queue.stats()).as_dict(), **rep.process_status()}
 
 
 @pytest.fixture
@@ -66,12 +71,12 @@ async def test_copies_every_block_to_its_own_key(
     await vol.files("/a", 30, SMALL)
     await vol.files("/big", 2, [9 * MiB])  # 4 + 4 + 1 MiB blocks
     assert len(vol.blocks) == 36
-    rep = Replicator(db, source, mirror, concurrency=8)
+    rep = Replicator(db, source, mirror, ReplicatorConfig(concurrency=8))
     async with running(rep):
         await wait_until("every block is copied", lambda: all_copied(db))
         await vol.files("/later", 5, SMALL)  # new blocks while idle: woken by NOTIFY
         await wait_until("the later blocks are copied", lambda: all_copied(db))
-        st = await rep.status_dict()
+        st = await status_of(rep)
     await assert_mirror_holds_exactly(mirror, vol.blocks)
     assert st["blocks_pending"] == 0 and st["blocks_failed"] == 0
     assert st["blocks_copied_since_start"] == 41
@@ -92,7 +97,7 @@ async def test_blocks_already_in_mirror_are_not_copied_again(
         if b is not absent:
             await mirror.put(b.key, b.data if b is not bad else bytes(len(b.data)))
     counted = CountingLayer(source)
-    rep = Replicator(db, counted, mirror, concurrency=4)
+    rep = Replicator(db, counted, mirror, ReplicatorConfig(concurrency=4))
     async with running(rep):
         await wait_until("every block is copied", lambda: all_copied(db))
     assert counted.gets.get(bad.key) == 1, "a wrong copy in the mirror is replaced"
@@ -113,7 +118,10 @@ async def test_mirror_server_crash_and_restart_mid_copy(
         await vol.files("/a", 60, [256 * KiB])
         # capped at ~4 blocks/s so the copy is still running through both outages
         rep = Replicator(
-            db, source, mirror, concurrency=8, bandwidth_bytes_per_s=MiB, retry_base_s=0.2
+            db,
+            source,
+            mirror,
+            ReplicatorConfig(concurrency=8, bandwidth_bytes_per_s=MiB, retry_base_s=0.2),
         )
         async with running(rep):
             await wait_until("some blocks are copied", lambda: at_least(db, 8))
@@ -141,7 +149,10 @@ async def test_throttling_errors_and_dropped_connections(
         vol = Volume(db, source)
         await vol.files("/a", 40, [128 * KiB])
         rep = Replicator(
-            db, source, mirror, concurrency=8, bandwidth_bytes_per_s=MiB, retry_base_s=0.05
+            db,
+            source,
+            mirror,
+            ReplicatorConfig(concurrency=8, bandwidth_bytes_per_s=MiB, retry_base_s=0.05),
         )
         async with running(rep):
             await wait_until("some blocks are copied", lambda: at_least(db, 3))
@@ -228,7 +239,9 @@ async def test_killed_worker_blocks_are_taken_over(
         assert orphaned >= 1 and len(done_before) < 30
         log_from = len(fault_proxy.seen())
         mirror = await open_store(mirror_url, name="mirror")
-        rep = Replicator(db, source, mirror, concurrency=4, lease_s=2, worker_id="heir")
+        rep = Replicator(
+            db, source, mirror, ReplicatorConfig(concurrency=4, lease_s=2, worker_id="heir")
+        )
         async with running(rep):
             await wait_until("every block is copied", lambda: all_copied(db))
         puts_after = [p for m, p in fault_proxy.seen()[log_from:] if m == "PUT"]
@@ -248,7 +261,7 @@ async def test_block_gone_from_source_fails_with_the_reason(
     vol = Volume(db, source)
     gone, *_ = await vol.files("/a", 8, [50 * KiB])
     await source.delete(gone.key)
-    rep = Replicator(db, source, mirror, concurrency=4)
+    rep = Replicator(db, source, mirror, ReplicatorConfig(concurrency=4))
     queue = CopyQueue(db)
     async with running(rep):
 
@@ -263,7 +276,7 @@ async def test_block_gone_from_source_fails_with_the_reason(
         assert row["attempts"] == 1, "a missing source object is not retried in a loop"
         assert row["last_error"].startswith(f"{SOURCE_MISSING}: ")
         assert "not in the source bucket" in row["last_error"] and gone.key in row["last_error"]
-        st = await rep.status_dict()
+        st = await status_of(rep)
         assert st["blocks_failed"] == 1 and st["failed_reasons"] == {SOURCE_MISSING: 1}
         await source.put(gone.key, gone.data)  # e.g. restored; the operator retries
         assert await queue.retry_failed() == 1
@@ -278,7 +291,7 @@ async def test_corrupt_source_block_is_reread_then_failed(
     bad, *_ = await vol.files("/a", 4, [50 * KiB])
     await source.put(bad.key, bytes(len(bad.data)))
     counted = CountingLayer(source)
-    rep = Replicator(db, counted, mirror, concurrency=4)
+    rep = Replicator(db, counted, mirror, ReplicatorConfig(concurrency=4))
     async with running(rep):
 
         async def settled() -> bool:
@@ -301,7 +314,7 @@ async def test_pause_stops_copying_and_resume_continues(
     await vol.files("/a", 30, [128 * KiB])
     queue = CopyQueue(db)
     await queue.set_paused(True)
-    rep = Replicator(db, source, mirror, concurrency=4, bandwidth_bytes_per_s=MiB)
+    rep = Replicator(db, source, mirror, ReplicatorConfig(concurrency=4, bandwidth_bytes_per_s=MiB))
 
     async def state_is(state: str) -> bool:
         # ... and every finished copy already written to the table (completions are batched)
@@ -320,7 +333,7 @@ async def test_pause_stops_copying_and_resume_continues(
         assert frozen < 30, "the copy finished before the pause"
         await asyncio.sleep(1.0)
         assert await copied_count(db) == frozen
-        st = await rep.status_dict()
+        st = await status_of(rep)
         assert st["paused"] and st["blocks_in_flight"] == 0, "a paused worker holds no leases"
         await queue.set_paused(False)
         await wait_until("every block is copied", lambda: all_copied(db))
@@ -332,12 +345,12 @@ async def test_end_to_end_with_a_real_source(
 ) -> None:
     """Files written through the client to a 1-node source reach the mirror bucket: the ones
     loaded by `mirror create` and the ones the follower applies later."""
-    from changelog.config import MirrorConfig, load_config
     from cli.source import free_ports
     from fallback.client import FsClient
     from mirror.create import create_mirror
     from tests.changelog.cluster import SourceCluster
     from tests.mirror.region import MirrorRegion
+    from volume.config import MirrorConfig, load_config
 
     cluster = SourceCluster(tmp_path / "vol", nodes=1, bucket=s3_url)
     cluster.start_all()
@@ -372,7 +385,11 @@ async def test_end_to_end_with_a_real_source(
                     stop = asyncio.Event()
                     # what `mirrorfs mirror worker eu` runs, beside the daemon's follower
                     workers = asyncio.create_task(
-                        run_workers(load_config(cluster.config_path), "eu", stop, concurrency=4)
+                        run_workers(
+                            load_config(cluster.config_path).mirror_region("eu"),
+                            stop,
+                            ReplicatorConfig(concurrency=4),
+                        )
                     )
                     try:
                         await put("/after", 3 * MiB + 5)

@@ -9,11 +9,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from changelog.errors import FsError
-from mirror.copyqueue import SOURCE_MISSING
 from mirror.db import Database
-from mirror.replicator import Replicator
-from mirror.verify import CORRUPT, MISSING, verify
+from mirror.replicate.queue import SOURCE_MISSING
+from mirror.replicate.replicator import Replicator, ReplicatorConfig
+from mirror.replicate.verify import CORRUPT, MISSING, verify
 from objstore import ObjectStore, open_store
 from tests.mirror.volume import (
     SMALL,
@@ -26,6 +25,7 @@ from tests.mirror.volume import (
     wait_until,
 )
 from tests.servers.seaweed import SeaweedServer
+from volume.errors import FsError
 
 KiB = 1024
 
@@ -50,7 +50,7 @@ async def copied_volume(db: Database, src: ObjectStore, dst: ObjectStore) -> Vol
     vol = Volume(db, src)
     await vol.files("/a", 6, SMALL)
     await vol.files("/b", 4, [70 * KiB])
-    async with running(Replicator(db, src, dst, concurrency=4)):
+    async with running(Replicator(db, src, dst, ReplicatorConfig(concurrency=4))):
         await wait_until("every block is copied", lambda: all_copied(db))
     return vol
 
@@ -135,7 +135,7 @@ async def test_unrepairable_block_goes_back_to_the_queue_with_the_reason(
         )
     assert row["state"] == "pending", "readers must fall back to the source for it"
     assert "found by verify" in row["last_error"]
-    async with running(Replicator(db, src, dst, concurrency=2)):
+    async with running(Replicator(db, src, dst, ReplicatorConfig(concurrency=2))):
 
         async def failed_for_good() -> bool:
             return (await states(db)).get("failed") == 1

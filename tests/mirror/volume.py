@@ -12,18 +12,18 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
-from changelog.inode import CHUNK_SIZE
 from changelog.namespace import Namespace
-from changelog.records import Record, decode_payload, encode_payload
-from mirror.applier import apply_records
 from mirror.db import Database
-from mirror.replicator import Replicator
+from mirror.follow.applier import apply_records
+from mirror.replicate.replicator import Replicator
 from objstore import ObjectMeta, ObjectStore, StoreLayer
 from objstore.checksum import checksum
 from objstore.keys import BLOCK_PREFIX, block_key, block_sizes
 from objstore.retry import RetryLayer
 from tests.conftest import unique_name
 from tests.servers.seaweed import SeaweedServer, make_s3_client
+from volume.inode import CHUNK_SIZE
+from volume.records import Record, decode_payload, encode_payload
 
 KiB = 1024
 MiB = 1024 * KiB
