@@ -8,6 +8,7 @@ typo must not silently fall back to a default. Errors name the file and the key.
 from __future__ import annotations
 
 import os
+import secrets
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,9 @@ class MirrorConfig(_Strict):
 
 class VolumeConfig(_Strict):
     name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9-]*$")
+    # Minted by `init` (the name plus random hex), so two volumes that share a name are still
+    # told apart: a mirror's database is stamped with it. "" in files written before it existed.
+    id: str = Field(default="", max_length=128, pattern=r"^([a-z0-9][a-z0-9-]*)?$")
     token: str = Field(min_length=16, description="bearer token of every HTTP API")
     secret: str = Field(min_length=16, description="Raft password: encrypts the peer port")
     source: SourceConfig
@@ -117,6 +121,7 @@ class VolumeConfig(_Strict):
         return MirrorRegion(
             name=name,
             volume=self.name,
+            volume_id=self.id,
             token=self.token,
             source_api_urls=tuple(self.api_urls),
             source_bucket=self.source.bucket,
@@ -135,6 +140,7 @@ class MirrorRegion:
 
     name: str
     volume: str
+    volume_id: str  # "" for a volume whose config predates volume ids
     token: str
     source_api_urls: tuple[str, ...]
     source_bucket: str
@@ -148,6 +154,11 @@ class MirrorRegion:
     @property
     def embedded_pg_dir(self) -> Path:
         return self.data_dir / "pg"
+
+
+def new_volume_id(name: str) -> str:
+    """A fresh volume id: the name plus 16 random hex digits."""
+    return f"{name}-{secrets.token_hex(8)}"
 
 
 def find_config_path(explicit: str | Path | None) -> Path:
@@ -194,8 +205,10 @@ def load_config(explicit: str | Path | None = None) -> VolumeConfig:
 
 def dump_config(cfg: VolumeConfig) -> str:
     """TOML text of a config (the writer side of `init` and `mirror create`)."""
-    lines = [
-        f"name = {_q(cfg.name)}",
+    lines = [f"name = {_q(cfg.name)}"]
+    if cfg.id:
+        lines.append(f"id = {_q(cfg.id)}")
+    lines += [
         f"token = {_q(cfg.token)}",
         f"secret = {_q(cfg.secret)}",
         "",

@@ -115,10 +115,32 @@ class FsError(ChangelogError):
         return {**super().to_wire(), "errno": self.errno, "path": self.path, "detail": self.message}
 
 
+class MirrorRemovedError(FsError):
+    """The source has no registration for this mirror: it was removed (`mirror remove`), or
+    never registered. An ack, a remove or anything else a mirror asks about itself gets it.
+
+    A region daemon that gets it stops (non-zero), since the source no longer keeps records or
+    blocks for it. An FsError (ENOENT) too, so callers that only know errnos still see "not found".
+    """
+
+    http_status = 404
+
+    def __init__(self, mirror: str) -> None:
+        message = f"unknown mirror {mirror!r}: not registered with the source"
+        super().__init__(errno_mod.ENOENT, message)
+        self.mirror = mirror
+        self.hint = "it was removed (or never created): `mirrorfs mirror create` makes it again"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {**super().to_wire(), "mirror": self.mirror}
+
+
 def from_wire(body: dict[str, Any], status: int) -> ChangelogError:
     """Rebuild the typed error a node sent; unknown shapes become a plain ChangelogError."""
     kind = body.get("error", "")
     message = str(body.get("message", f"HTTP {status}"))
+    if kind == "MirrorRemovedError" and isinstance(body.get("mirror"), str):
+        return MirrorRemovedError(body["mirror"])
     if kind == "FsError" and "errno" in body:
         err = FsError(int(body["errno"]), "", path=body.get("path"))
         err.args = (message,)
