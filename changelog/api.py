@@ -31,7 +31,9 @@ from volume.errors import (
     BadRequestError,
     ChangelogError,
     FsError,
+    MirrorRemovedError,
     QuorumUnavailableError,
+    from_wire,
 )
 from volume.records import MIRROR_ACK, MIRROR_REGISTER, MIRROR_REMOVE
 from volume.web import bearer_auth, json_errors, json_response
@@ -200,6 +202,8 @@ async def mirror_op(request: web.Request) -> web.Response:
     [result] = await node.raft.submit(uuid.uuid4().hex, [op])
     if not result["ok"]:
         err = result["error"]
+        if err.get("error") == "MirrorRemovedError":
+            raise from_wire(err, MirrorRemovedError.http_status)  # 404 "unknown mirror"
         raise FsError(int(err.get("errno", 22)), str(err.get("detail", err.get("message"))))
     return json_response({"version": result["version"], **result["effect"]})
 

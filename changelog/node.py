@@ -242,6 +242,7 @@ class SourceNode:
         raft = self.raft.status()
         with self.state.lock:
             version, ts = self.state.version, self.state.last_ts
+        mirrors = self.state.mirror_table()
         return {
             "node": self.node_id,
             "api": self.me.api,
@@ -250,7 +251,8 @@ class SourceNode:
             "head_ts": ts,
             "first_available": self.first_available(),
             "retention_floor": self.state.retention_floor(),
-            "mirrors": self.state.mirror_table(),
+            "mirrors": mirrors,
+            "registrations_never_acked": never_acked(mirrors, now_ms()),
             "gc": self.gc.status() if self.gc else None,
             "uptime_s": round(time.time() - self.started_at, 1),
             "now_ms": now_ms(),
@@ -265,6 +267,20 @@ class SourceNode:
             self._sync_segments()
             self.segments.sync()
             self.segments.close()
+
+
+def never_acked(mirrors: dict[str, dict[str, Any]], now: int) -> list[dict[str, Any]]:
+    """Registrations that never acked, oldest first, with their age: a `mirror create` that
+    died after registering (re-run it, or `mirror remove` it), or a daemon that never ran.
+    Each holds the source's retention and GC from its registration on."""
+    out = []
+    for name, m in mirrors.items():
+        if not m.get("never_acked"):
+            continue
+        since = m.get("registered_ms")
+        age_s = round(max(0, now - since) / 1000, 1) if since else None
+        out.append({"name": name, "registered": m["registered"], "since_ms": since, "age_s": age_s})
+    return sorted(out, key=lambda r: (r["registered"], r["name"]))
 
 
 def node_data_dir(cfg: VolumeConfig, node_id: int) -> Path:

@@ -23,6 +23,7 @@ from volume.config import (
     NodeConfig,
     SourceConfig,
     VolumeConfig,
+    new_volume_id,
     write_config,
 )
 
@@ -52,6 +53,7 @@ def new_volume(
     vol_name = name or re.sub(r"[^a-z0-9-]+", "-", directory.name.lower()).strip("-") or "volume"
     return VolumeConfig(
         name=vol_name[:63],
+        id=new_volume_id(vol_name[:63]),
         token=secrets.token_urlsafe(24),
         secret=secrets.token_urlsafe(32),
         source=SourceConfig(
@@ -143,9 +145,42 @@ def status(
                 str(r.get("applied_version", "-")),
                 str(r.get("head_ts", "-")),
             )
-        Console().print(table)
+        console = Console()
+        console.print(table)
+        print_stale_registrations(console, rows, cfg)
     if not any(r["reachable"] for r in rows):
         raise typer.Exit(1)
+
+
+def print_stale_registrations(
+    console: Console, rows: list[dict[str, Any]], cfg: VolumeConfig
+) -> None:
+    """Mirror registrations that never acked, as the leader (else any node) lists them."""
+    answered = [r for r in rows if r["reachable"] and "registrations_never_acked" in r]
+    if not answered:
+        return
+    best = next((r for r in answered if r.get("role") == "leader"), answered[0])
+    stale = best["registrations_never_acked"]
+    if not stale:
+        return
+    console.print("registrations that never acked (each holds the source's retention and GC):")
+    for reg in stale:
+        age = "age unknown" if reg["age_s"] is None else f"registered {_age(reg['age_s'])} ago"
+        where = "in the config" if reg["name"] in cfg.mirrors else "not in the config"
+        console.print(f"  {reg['name']}: {age} at version {reg['registered']} ({where})")
+    console.print(
+        "  a `mirror create` that died: re-run it, or `mirrorfs mirror remove NAME`;"
+        " a daemon that never ran: `mirrorfs mirror run NAME`",
+        highlight=False,
+    )
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def changelog(

@@ -22,7 +22,7 @@ from typing import Any
 from pysyncobj import SyncObjConsumer, replicated
 
 from changelog.namespace import Namespace
-from volume.errors import FsError
+from volume.errors import FsError, MirrorRemovedError
 from volume.records import MIRROR_OPS, MIRROR_REGISTER, MIRROR_REMOVE, TICK, Record
 
 RECENT_RECORDS = 20_000  # the in-state tail of the changelog, to refill lost segment bytes
@@ -103,6 +103,11 @@ class MetaState(SyncObjConsumer):  # type: ignore[misc]
         return record
 
     def _mirror_op(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Register, ack or remove a mirror. An entry records when it was registered and last
+        acked (`registered_ms`, `acked_ms`: the source clock of the record before, `last_ts`,
+        since the op itself carries no time; ticks keep it within a tick interval), so a
+        registration that never acked (a `mirror create` that died) can be told and aged.
+        Raises MirrorRemovedError for an ack or remove of a name that is not registered."""
         mirror = args.get("name")
         if not isinstance(mirror, str) or not mirror:
             raise FsError(22, "mirror op needs a non-empty 'name'")
@@ -110,10 +115,15 @@ class MetaState(SyncObjConsumer):  # type: ignore[misc]
             existed = mirror in self.mirrors
             if not existed:
                 # The mirror needs everything after the snapshot it is about to load.
-                self.mirrors[mirror] = {"registered": self.version + 1, "acked": self.version}
+                self.mirrors[mirror] = {
+                    "registered": self.version + 1,
+                    "acked": self.version,
+                    "registered_ms": self.last_ts,
+                    "acked_ms": None,
+                }
             return {"name": mirror, "existed": existed, **self.mirrors[mirror]}
         if mirror not in self.mirrors:
-            raise FsError(2, f"no mirror named {mirror!r} is registered")
+            raise MirrorRemovedError(mirror)
         if name == MIRROR_REMOVE:
             del self.mirrors[mirror]
             return {"name": mirror}
@@ -122,6 +132,7 @@ class MetaState(SyncObjConsumer):  # type: ignore[misc]
             raise FsError(22, f"ack version must be 0..{self.version}, got {version!r}")
         entry = self.mirrors[mirror]
         entry["acked"] = max(entry["acked"], version)
+        entry["acked_ms"] = self.last_ts
         return {"name": mirror, "acked": entry["acked"]}
 
     # --- reads (any thread, under the lock) ---
@@ -134,8 +145,16 @@ class MetaState(SyncObjConsumer):  # type: ignore[misc]
             return min(int(m["acked"]) + 1 for m in self.mirrors.values())
 
     def mirror_table(self) -> dict[str, dict[str, Any]]:
+        """Every registration; `never_acked` marks one that has not acked since it registered
+        (a mirror whose `create` did not finish, or whose daemon never ran)."""
         with self.lock:
-            return {k: dict(v) for k, v in self.mirrors.items()}
+            table = {k: dict(v) for k, v in self.mirrors.items()}
+        for entry in table.values():
+            entry.setdefault("registered_ms", None)  # registered before entries had times
+            entry.setdefault("acked_ms", None)
+            acked_since = entry["acked_ms"] is not None or entry["acked"] >= entry["registered"]
+            entry["never_acked"] = not acked_since
+        return table
 
 
 def _parse_op(op: Any) -> tuple[str, dict[str, Any]]:
