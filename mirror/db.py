@@ -18,16 +18,19 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from mirror.embedded import EmbeddedPostgres, start_embedded
+from mirror.embedded import EmbeddedPostgres, attach_embedded
 from mirror.errors import MirrorDbError, MirrorError
 from volume.config import MirrorRegion
 
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
-DEFAULT_MIN_POOL_SIZE = 1
+# 0: with a floor, asyncpg's pool keeps reconnecting while the server is away and logs a
+# traceback each time; connections come back on demand anyway (`connect` probes one).
+DEFAULT_MIN_POOL_SIZE = 0
 DEFAULT_MAX_POOL_SIZE = 8
 # pg_advisory_xact_lock key serialising migrations: "mirrorfs" in ASCII.
 MIGRATION_LOCK_KEY = 0x6D6972726F726673
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_CREATED = re.compile(r"^\s*CREATE\s+(TABLE|FUNCTION)\s+(\w+)", re.IGNORECASE | re.MULTILINE)
 _PASSWORD_IN_URL = re.compile(r"(://[^:/@?#]*:)[^@/?#]*@")
 
 # SQLSTATE classes worth retrying: connection exceptions, operator intervention (shutdown,
@@ -156,12 +159,25 @@ def load_migrations() -> list[Migration]:
     return [found[v] for v in sorted(found)]
 
 
+def migration_objects() -> tuple[set[str], set[str]]:
+    """(tables, functions) that the migrations create, read from the migration files, so they
+    stay the one place the schema is declared; schema_migrations (made by `migrate`) included."""
+    tables: set[str] = {"schema_migrations"}
+    functions: set[str] = set()
+    for m in load_migrations():
+        for kind, name in _CREATED.findall(m.sql):
+            (tables if kind.upper() == "TABLE" else functions).add(name.lower())
+    return tables, functions
+
+
 class Database:
     """A pool of connections to one replica database. Use `await Database.connect(dsn)`."""
 
     def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
         self._pool = pool
         self.dsn = dsn  # masked
+        # The embedded server this pool runs on, if open_database attached one.
+        self.server: EmbeddedPostgres | None = None
 
     @classmethod
     async def connect(
@@ -172,8 +188,9 @@ class Database:
         max_size: int = DEFAULT_MAX_POOL_SIZE,
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
     ) -> Database:
-        """Open the pool (min_size connections now). Raises MirrorDbError naming the masked DSN:
-        bad DSN, unreachable server (temporary), missing database, rejected login."""
+        """Open the pool (min_size connections now, and one probed in any case). Raises
+        MirrorDbError naming the masked DSN: bad DSN, unreachable server (temporary), missing
+        database, rejected login."""
         masked = mask_dsn(dsn)
         with translating(masked):
             pool = await asyncpg.create_pool(
@@ -185,6 +202,12 @@ class Database:
                 # for short OLTP queries.
                 server_settings={"jit": "off", "application_name": "mirrorfs-mirror"},
             )
+            try:
+                async with pool.acquire() as conn:
+                    await conn.fetchval("SELECT 1")
+            except BaseException:
+                pool.terminate()
+                raise
         return cls(pool, masked)
 
     @contextlib.asynccontextmanager
@@ -245,6 +268,43 @@ class Database:
                 await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations")
             )
 
+    async def tables(self) -> list[str]:
+        """The tables of the connection's current schema (where `migrate` puts the replica)."""
+        async with self.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+                " ORDER BY tablename"
+            )
+        return [str(r["tablename"]) for r in rows]
+
+    async def foreign_tables(self) -> list[str]:
+        """Tables of the current schema that no migration of mirrorfs creates."""
+        ours, _ = migration_objects()
+        return [t for t in await self.tables() if t not in ours]
+
+    async def wipe(self) -> list[str]:
+        """Drop the whole replica (every table and function the migrations create), so the next
+        `migrate` starts from an empty schema; returns the tables dropped. One transaction,
+        under the migration lock. Raises MirrorDbError, changing nothing, if the schema also
+        holds tables mirrorfs did not create: those are not ours to drop."""
+        foreign = await self.foreign_tables()
+        if foreign:
+            raise MirrorDbError(
+                f"database {self.dsn} holds tables mirrorfs did not create"
+                f" ({', '.join(foreign[:5])}{'...' if len(foreign) > 5 else ''}); not wiping it",
+                dsn=self.dsn,
+                hint="use a database of its own for each mirror",
+            )
+        tables, functions = migration_objects()
+        async with self.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
+            present = [t for t in await self.tables() if t in tables]
+            if present:
+                await conn.execute(f"DROP TABLE {', '.join(present)} CASCADE")
+            for fn in sorted(functions):
+                await conn.execute(f"DROP FUNCTION IF EXISTS {fn} CASCADE")
+        return present
+
     async def get_meta(self, key: str) -> str | None:
         async with self.acquire() as conn:
             value: str | None = await conn.fetchval("SELECT value FROM meta WHERE key = $1", key)
@@ -279,21 +339,27 @@ class Database:
 
 @contextlib.asynccontextmanager
 async def open_database(
-    region: MirrorRegion, *, max_size: int = DEFAULT_MAX_POOL_SIZE
+    region: MirrorRegion, *, max_size: int = DEFAULT_MAX_POOL_SIZE, who: str = "mirrorfs"
 ) -> AsyncIterator[Database]:
-    """The region's replica database: its DSN, or the embedded server under its data directory
-    (started here if no one runs it, and then stopped here when done)."""
-    embedded: EmbeddedPostgres | None = None
+    """The region's replica database: its DSN, or the embedded server under its data directory.
+
+    Embedded: attached for the duration (mirror/embedded.py): started if no one runs it, and
+    stopped at the end only if no other live process still uses it, so a CLI verb never stops
+    the server under a daemon. `who` names this user in the server's users file; `db.server`
+    is the attachment (None for a DSN).
+    """
+    server: EmbeddedPostgres | None = None
     dsn = region.dsn
     if not dsn:
-        embedded = await start_embedded(region.embedded_pg_dir)
-        dsn = embedded.dsn
+        server = await attach_embedded(region.embedded_pg_dir, who=who)
+        dsn = server.dsn
     try:
         db = await Database.connect(dsn, max_size=max_size)
+        db.server = server
         try:
             yield db
         finally:
             await db.aclose()
     finally:
-        if embedded is not None:
-            await embedded.stop()
+        if server is not None:
+            await server.detach()

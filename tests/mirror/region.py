@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from changelog.namespace import Namespace
@@ -16,7 +19,7 @@ from cli.source import free_ports
 from mirror.audit import dump_tree
 from mirror.create import create_mirror
 from mirror.db import Database
-from mirror.embedded import start_embedded
+from mirror.embedded import attach_embedded
 from mirror.replica import Replica
 from tests.changelog.cluster import SourceCluster
 from volume.config import MirrorConfig, load_config
@@ -91,24 +94,37 @@ class MirrorRegion:
     async def status(self) -> dict[str, Any]:
         return await fetch_status(self.api, self.cluster.cfg.token)
 
-    async def _dsn(self) -> str:
+    @property
+    def pg_dir(self) -> Path:
+        """The embedded server's data directory (used when `dsn` is "")."""
+        return self.cluster.config_path.parent / "mirrors" / self.name / "pg"
+
+    @contextlib.asynccontextmanager
+    async def database(self) -> AsyncIterator[Database]:
+        """The replica, for a look: the DSN's, or the embedded server attached (and started if
+        the daemon does not run it) for the block only, so this process never keeps it up."""
         if self.dsn:
-            return self.dsn
-        # Embedded: the daemon (or create) started it; pgserver hands us the running server.
-        data_dir = self.cluster.config_path.parent / "mirrors" / self.name / "pg"
-        return (await start_embedded(data_dir)).dsn
+            async with await Database.connect(self.dsn) as db:
+                yield db
+            return
+        server = await attach_embedded(self.pg_dir, who="test")
+        try:
+            async with await Database.connect(server.dsn) as db:
+                yield db
+        finally:
+            await server.detach()
 
     async def watermark(self) -> tuple[int, int]:
-        async with await Database.connect(await self._dsn()) as db:
+        async with self.database() as db:
             return await Replica(db).watermark()
 
     async def dump(self) -> dict[str, Any]:
-        async with await Database.connect(await self._dsn()) as db:
+        async with self.database() as db:
             return await dump_tree(db)
 
     async def block_rows(self) -> int:
         """Rows in the block table (the copy queue), whatever their state."""
-        async with await Database.connect(await self._dsn()) as db, db.acquire() as conn:
+        async with self.database() as db, db.acquire() as conn:
             return int(await conn.fetchval("SELECT count(*) FROM blocks"))
 
     async def wait_applied(self, version: int, timeout_s: float = 60.0) -> None:

@@ -12,6 +12,7 @@ import pytest
 from mirror.errors import MirrorDbError, MirrorError
 from tests.changelog.cluster import SourceCluster
 from tests.mirror.region import MirrorRegion, make_files, source_dump
+from tests.mirror.waits import postmaster
 from volume.config import load_config
 from volume.errors import AuthError, ConfigError
 
@@ -171,13 +172,21 @@ async def test_replica_dump_matches_snapshot_dump(source: SourceCluster) -> None
 
 
 async def test_two_mirrors_side_by_side_one_embedded(source: SourceCluster, pg_dsn: str) -> None:
-    """Each region has its own PostgreSQL (one external, one embedded) and its own bucket."""
+    """Each region has its own PostgreSQL (one external, one embedded) and its own bucket.
+
+    Regression: a full run left the embedded PostgreSQL running after pytest exited. This test
+    looked at the replica (starting the server) before the daemon came up, and that look
+    never stopped it; the daemon then attached without owning it and did not stop it either.
+    """
     eu = MirrorRegion(source, "eu", pg_dsn)
     ap = MirrorRegion(source, "ap", "")
+    pg_dir = source.config_path.parent / "mirrors" / "ap" / "pg"
     try:
         await make_files(source, "x", 50)
         await eu.create()
         await ap.create()
+        v0 = (await ap.watermark())[0]  # a look before the daemon runs: it starts the server
+        assert v0 > 0
         eu.start()
         ap.start()
         await make_files(source, "y", 50)
@@ -189,3 +198,5 @@ async def test_two_mirrors_side_by_side_one_embedded(source: SourceCluster, pg_d
     finally:
         eu.kill()
         ap.stop()
+    assert ap.proc is not None and ap.proc.returncode == 0
+    assert postmaster(pg_dir) is None, "the embedded PostgreSQL outlived every user"
