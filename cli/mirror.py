@@ -16,6 +16,7 @@ from cli.source import free_ports
 from mirror import STATUS_FIELDS, LoadStats, create_mirror, run_region
 from volume.client import SourceClient
 from volume.config import MirrorConfig, write_config
+from volume.errors import MirrorRemovedError
 
 mirror_app = typer.Typer(help="Create, run and inspect mirror regions.")
 
@@ -37,8 +38,17 @@ def create(
     ] = None,
     window: Annotated[float, typer.Option(help="Default consistency window, seconds")] = 5.0,
     api: Annotated[str | None, typer.Option(help="Status API URL of the region daemon")] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Wipe the database if it holds another mirror (its replica is lost)"
+        ),
+    ] = False,
 ) -> None:
-    """Register a mirror with the source, load a snapshot into its PostgreSQL, record it."""
+    """Register a mirror with the source, load a snapshot into its PostgreSQL, record it.
+
+    Refuses a database that holds another mirror or volume (unless --force). Re-running it
+    after a `create` that died takes over the registration that create left."""
     cfg = config(ctx)
     data_dir = f"mirrors/{name}"
     base = cfg.resolve(data_dir)
@@ -65,7 +75,14 @@ def create(
                     task, description=f"loading a snapshot: {done:,} of {total:,} inodes"
                 )
 
-            created = await create_mirror(cfg, mcfg, name, on_step=step, on_rows=rows)
+            def warn(text: str) -> None:
+                progress.console.print(
+                    f"warning: {text}", style="yellow", highlight=False, soft_wrap=True
+                )
+
+            created = await create_mirror(
+                cfg, mcfg, name, force=force, on_step=step, on_rows=rows, on_warning=warn
+            )
         typer.echo(f"mirror {name!r} created at version {created.version}; recorded in {cfg.path}")
         typer.echo(f"run it: mirrorfs --config {cfg.path} mirror run {name}")
 
@@ -81,16 +98,33 @@ def run_daemon(ctx: typer.Context, name: Annotated[str, typer.Argument()]) -> No
 
 @mirror_app.command("remove")
 def remove(ctx: typer.Context, name: Annotated[str, typer.Argument()]) -> None:
-    """Unregister the mirror from the source (releasing its hold on retention and GC)."""
+    """Unregister the mirror from the source (releasing its hold on retention and GC) and drop
+    it from the config. Also removes a registration a `create` that died left behind. Its
+    running daemon, if any, stops by itself within seconds."""
     cfg = config(ctx)
-    cfg.mirror(name)
+    in_config = name in cfg.mirrors
 
     async def go() -> None:
         async with SourceClient(cfg.api_urls, cfg.token) as source:
-            await source.mirror(name, "remove")
-        mirrors = {k: v for k, v in cfg.mirrors.items() if k != name}
-        assert cfg.path is not None
-        write_config(cfg.model_copy(update={"mirrors": mirrors}), cfg.path)
+            try:
+                await source.mirror(name, "remove")
+                at_source = True
+            except MirrorRemovedError:
+                at_source = False
+        if not in_config and not at_source:
+            known = ", ".join(sorted(cfg.mirrors)) or "none"
+            fail(
+                f"no mirror named {name!r}: not in {cfg.path} (known: {known}) and not"
+                " registered with the source"
+            )
+        if in_config:
+            mirrors = {k: v for k, v in cfg.mirrors.items() if k != name}
+            assert cfg.path is not None
+            write_config(cfg.model_copy(update={"mirrors": mirrors}), cfg.path)
+        if not at_source:
+            typer.echo(f"mirror {name!r} was not registered with the source any more")
+        elif not in_config:
+            typer.echo(f"registration {name!r} removed from the source (it was not in {cfg.path})")
         typer.echo(f"mirror {name!r} removed (its bucket and database were left in place)")
 
     run(go())

@@ -8,6 +8,9 @@ state at once; they never see half of it.
 Blocks: every live block is queued for copy, except one the mirror bucket already holds (a row
 in state 'copied' with the same slice id, index, size and checksum): a resync must not copy the
 whole bucket again. Blocks of the old contents that the snapshot no longer has go to gc_queue.
+A 'copied' row is kept only if it is true of the bucket in use: a load given the owner's stamp
+(`mirror create`) keeps none unless the database was stamped for the same mirror, volume and
+bucket, and writes the stamp in the same transaction (mirror/stamp.py).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import asyncpg
 from mirror.db import Database
 from mirror.errors import SnapshotError
 from mirror.follow.applier import BLOCK_COLUMNS, INODE_COLUMNS, REF_COLUMNS, affected_rows
+from mirror.stamp import Stamp, read_stamp, write_stamp
 from objstore.keys import block_sizes
 from volume.client import SourceClient
 from volume.inode import KINDS, ROOT_INO
@@ -92,6 +96,7 @@ async def load_replica(
     rows: SnapshotRows,
     *,
     on_progress: Callable[[LoadStats], None] | None = None,
+    stamp: Stamp | None = None,
 ) -> LoadStats:
     """Replace the replica with the snapshot `rows` (volume/snapshot.py order) taken at
     `version` (whose record has timestamp `ts`); set the watermark and snapshot_version to it.
@@ -100,11 +105,20 @@ async def load_replica(
     reordered or truncated stream (header counts are checked), MirrorDbError for the database.
     `on_progress` is called after each bulk write and at the end. Concurrent appliers wait on
     the watermark row and afterwards apply from version + 1.
+
+    `stamp`: the owner the replica is loaded for (see mirror/stamp.py); 'copied' rows survive
+    only if the database was stamped for the same owner and bucket, and the stamp is written
+    with the load. None (a resync by the daemon, which checked the stamp when it started):
+    the stamp is left as it is and 'copied' rows are kept.
     """
     stats = LoadStats(version=version)
     async with db.acquire() as conn, conn.transaction():
         await conn.execute(f"SET LOCAL maintenance_work_mem = '{LOAD_MAINTENANCE_WORK_MEM}'")
         await conn.execute("SELECT 1 FROM watermark FOR UPDATE")
+        keep_copied = True
+        if stamp is not None:
+            old = await read_stamp(conn)
+            keep_copied = bool(old and old.is_same_owner(stamp) and old.bucket == stamp.bucket)
         had_blocks = bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM blocks)"))
         tables = ["inodes", "dentries", "slices", "chunk_refs"]
         blocks_table = "load_blocks" if had_blocks else "blocks"
@@ -121,7 +135,7 @@ async def load_replica(
         rebuild = await _drop_indexes(conn, tables)
         await _stream(_Sink(conn, blocks_table), blocks_table, rows, stats, on_progress)
         if had_blocks:
-            rebuild += await _merge_blocks(conn, stats)
+            rebuild += await _merge_blocks(conn, stats, keep_copied=keep_copied)
         else:
             stats.blocks_pending = stats.blocks
         try:
@@ -141,6 +155,8 @@ async def load_replica(
             version,
             ts,
         )
+        if stamp is not None:
+            await write_stamp(conn, stamp)
     stats.elapsed_s = time.monotonic() - stats._started
     if on_progress is not None:
         on_progress(stats)
@@ -254,10 +270,13 @@ async def _flush(
         on_progress(stats)
 
 
-async def _merge_blocks(conn: asyncpg.Connection, stats: LoadStats) -> list[str]:
+async def _merge_blocks(
+    conn: asyncpg.Connection, stats: LoadStats, *, keep_copied: bool
+) -> list[str]:
     """Rebuild `blocks` from `load_blocks`, keeping the rows of blocks the mirror bucket already
-    holds ('copied', same key and checksum) as they are; queue the old blocks the snapshot no
-    longer has for GC. Returns the statements that rebuild the indexes of `blocks`."""
+    holds ('copied', same key and checksum) as they are, if `keep_copied` (they are true of the
+    bucket in use); queue the old blocks the snapshot no longer has for GC. Returns the
+    statements that rebuild the indexes of `blocks`."""
     await conn.execute("ANALYZE load_blocks")
     stale = await conn.execute(
         "INSERT INTO gc_queue (slice_id, idx, size, freed_version)"
@@ -269,7 +288,7 @@ async def _merge_blocks(conn: asyncpg.Connection, stats: LoadStats) -> list[str]
     stats.blocks_to_gc = affected_rows(stale)
     await conn.execute(
         "CREATE TEMP TABLE kept_blocks ON COMMIT DROP AS"
-        " SELECT * FROM blocks WHERE state = 'copied'"
+        f" SELECT * FROM blocks WHERE state = 'copied' AND {'true' if keep_copied else 'false'}"
     )
     await conn.execute("TRUNCATE blocks")
     rebuild = await _drop_indexes(conn, ["blocks"])
@@ -291,9 +310,14 @@ async def _merge_blocks(conn: asyncpg.Connection, stats: LoadStats) -> list[str]
 
 
 async def load_from_source(
-    db: Database, source: SourceClient, on_progress: Callable[[LoadStats], None] | None = None
+    db: Database,
+    source: SourceClient,
+    on_progress: Callable[[LoadStats], None] | None = None,
+    *,
+    stamp: Stamp | None = None,
 ) -> tuple[int, int]:
-    """Stream a snapshot from the source into the replica; returns its (version, ts)."""
+    """Stream a snapshot from the source into the replica; returns its (version, ts).
+    `stamp`: as for `load_replica`."""
     records = aread_snapshot_records(source.snapshot())
     header = await anext(records)
 
@@ -301,5 +325,5 @@ async def load_from_source(
         async for rec in records:
             yield rec.effect
 
-    await load_replica(db, header.version, header.ts, rows(), on_progress=on_progress)
+    await load_replica(db, header.version, header.ts, rows(), on_progress=on_progress, stamp=stamp)
     return header.version, header.ts
