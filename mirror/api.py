@@ -1,6 +1,8 @@
 """The region daemon's HTTP API: `GET /v1/status` (bearer token), answered as JSON.
 
-The same auth and error middlewares as the source nodes' API (volume/web.py).
+The same auth and error middlewares as the source nodes' API (volume/web.py). A status document
+in state `degraded` (the replica's PostgreSQL does not answer) is answered with 503, a
+document all the same: a monitor sees why, never a bare 500.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from mirror.status import is_degraded
 from volume.web import bearer_auth, json_errors, json_response
 
 StatusSource = Callable[[], Awaitable[dict[str, Any]]]
@@ -19,7 +22,8 @@ def build_app(token: str, status: StatusSource) -> web.Application:
     """The daemon's app; `status` builds the region status document on each request."""
 
     async def get_status(request: web.Request) -> web.Response:
-        return json_response(await status())
+        document = await status()
+        return json_response(document, status=503 if is_degraded(document) else 200)
 
     app = web.Application(
         middlewares=[bearer_auth(token, service="mirror"), json_errors(service="mirror")]

@@ -5,16 +5,20 @@ request: the follower's view of the stream, the block table's counts (one statem
 counts, one for the reasons), this process's replicator rates, and the GC queue. Stable field
 names (operators script against them; see README "Mirror status"):
 
-    mirror, volume, state (starting|syncing|following|resyncing|disconnected),
+    mirror, volume, state (starting|syncing|following|resyncing|disconnected|degraded),
     applied_version, applied_ts, source_version, lag_versions, lag_seconds, records_per_s,
     blocks_pending, bytes_pending, blocks_failed, blocks_in_flight, blocks_retrying,
     oldest_pending_s, paused, failed_reasons, retrying_reasons, replicator_state,
     copy_blocks_per_s, copy_bytes_per_s, window_s, resyncs, last_error, last_error_at,
+    degraded_reason (null, or why the replica cannot be read: state `degraded`),
     gc_held_back (null, or {acked, version, since_ms, age_s}: this mirror is what keeps the
     source from deleting garbage blocks), gc (the mirror bucket's own garbage), now_ms
 
 Counts of blocks come from the block table itself at the time of asking, never from counters
-kept in memory (they would be wrong after a restart).
+kept in memory (they would be wrong after a restart). While the replica's PostgreSQL does not
+answer, the document still comes (from what the daemon knows in memory), with state
+`degraded`, the reason in `degraded_reason` and the table's counts null; the API answers it
+with HTTP 503.
 """
 
 from __future__ import annotations
@@ -22,11 +26,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from mirror.follow import FollowerStatus
+from mirror.errors import MirrorDbError
+from mirror.follow import FollowerState, FollowerStatus
 from mirror.gc import MirrorGc
 from mirror.replicate import CopyQueue, Replicator
 from volume.config import MirrorRegion
 
+DEGRADED = str(FollowerState.DEGRADED)
 STATUS_FIELDS = (
     "mirror",
     "volume",
@@ -44,6 +50,7 @@ STATUS_FIELDS = (
     "resyncs",
     "last_error",
     "last_error_at",
+    "degraded_reason",
     "gc_held_back",
     "now_ms",
 )
@@ -69,6 +76,7 @@ def follower_part(region: MirrorRegion, follower: FollowerStatus) -> dict[str, A
         "resyncs": follower.resyncs,
         "last_error": follower.last_error,
         "last_error_at": follower.last_error_at,
+        "degraded_reason": follower.last_error if follower.state == DEGRADED else None,
         "gc_held_back": follower.source_gc_hold,
         "now_ms": now_ms,
     }
@@ -81,11 +89,48 @@ async def region_status(
     replicator: Replicator,
     gc: MirrorGc,
 ) -> dict[str, Any]:
-    """The whole document. Raises MirrorDbError if the replica cannot be read."""
-    stats = await queue.stats()
+    """The whole document; state `degraded` (see `is_degraded`) if the replica cannot be read."""
+    try:
+        stats = await queue.stats()
+        gc_part = await gc.status()
+    except MirrorDbError as exc:
+        return degraded(region, follower, replicator, f"replica database unavailable: {exc}")
     return {
         **follower_part(region, follower),
         **stats.as_dict(),
         **replicator.process_status(),
-        "gc": await gc.status(),
+        "gc": gc_part,
     }
+
+
+def degraded(
+    region: MirrorRegion, follower: FollowerStatus, replicator: Replicator, reason: str
+) -> dict[str, Any]:
+    """The document when the replica cannot be read: what memory knows, the table's counts
+    null, state `degraded` and why."""
+    counts = dict.fromkeys(
+        (
+            "blocks_pending",
+            "bytes_pending",
+            "blocks_failed",
+            "blocks_in_flight",
+            "blocks_retrying",
+            "oldest_pending_s",
+            "paused",
+            "failed_reasons",
+            "retrying_reasons",
+        )
+    )
+    return {
+        **follower_part(region, follower),
+        **counts,
+        **replicator.process_status(),
+        "gc": None,
+        "state": DEGRADED,
+        "degraded_reason": reason,
+    }
+
+
+def is_degraded(document: dict[str, Any]) -> bool:
+    """Answer this document with 503: the region cannot serve from its replica now."""
+    return document.get("state") == DEGRADED

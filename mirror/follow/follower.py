@@ -23,12 +23,12 @@ import aiohttp
 import structlog
 
 from mirror.db import Database
-from mirror.errors import ApplyGapError, MirrorError
+from mirror.errors import ApplyGapError, MirrorDbError, MirrorError
 from mirror.follow.applier import apply_records
 from mirror.follow.loader import load_from_source
 from mirror.replica import Replica
 from volume.client import SourceClient, SourceUnreachableError
-from volume.errors import ChangelogError, VersionGoneError
+from volume.errors import ChangelogError, MirrorRemovedError, VersionGoneError
 from volume.records import Record
 
 log = structlog.get_logger(__name__)
@@ -49,6 +49,7 @@ class FollowerState(StrEnum):
     FOLLOWING = "following"  # at the head
     RESYNCING = "resyncing"  # loading a snapshot
     DISCONNECTED = "disconnected"  # no source node answers
+    DEGRADED = "degraded"  # the replica's PostgreSQL does not answer
 
 
 @dataclass
@@ -104,29 +105,47 @@ class Follower:
         self._acked = 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Follow until `stop`; every failure is retried (and shown in status), never fatal."""
+        """Follow until `stop`; every failure is retried (and shown in status), never fatal,
+        except one: the source no longer knowing this mirror (its ack answered "unknown
+        mirror": it was removed), raised as MirrorRemovedError so the daemon stops. A lost
+        database is retried like a lost source (state `degraded` meanwhile): the stream resumes
+        from the watermark in PostgreSQL, so nothing is skipped and nothing applied twice."""
         version, ts = await self.replica.watermark()
         self.status.applied(version, ts, 0)
         delay = 0.1
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._ack_loop(stop))
-            tg.create_task(self._poll_source(stop))
-            while not stop.is_set():
-                try:
-                    await self._follow_once(stop)
-                    delay = 0.1
-                except VersionGoneError as exc:
-                    log.warning("mirror.resync", mirror=self.name, reason=str(exc))
-                    self.status.error(f"resync: {exc.message}")
-                    await self.resync()
-                except (ChangelogError, MirrorError, OSError) as exc:
-                    if isinstance(exc, SourceUnreachableError):
-                        self.status.state = FollowerState.DISCONNECTED
-                    self.status.error(str(exc))
-                    log.warning("mirror.follow_error", mirror=self.name, error=str(exc))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._ack_loop(stop))
+                tg.create_task(self._poll_source(stop))
+                while not stop.is_set():
+                    try:
+                        try:
+                            await self._follow_once(stop)
+                            delay = 0.1
+                            continue
+                        except VersionGoneError as exc:
+                            log.warning("mirror.resync", mirror=self.name, reason=str(exc))
+                            self.status.error(f"resync: {exc.message}")
+                            await self.resync()
+                            continue
+                    except MirrorRemovedError:
+                        raise
+                    except (ChangelogError, MirrorError, OSError) as exc:
+                        self._failed(exc)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), delay)
                     delay = min(delay * 2, RECONNECT_MAX_WAIT_S)
+        except* MirrorRemovedError as group:
+            raise _first_removed(group) from None
+
+    def _failed(self, exc: Exception) -> None:
+        """Show a failure in status (and the log) before the retry."""
+        if isinstance(exc, SourceUnreachableError):
+            self.status.state = FollowerState.DISCONNECTED
+        elif isinstance(exc, MirrorDbError) and exc.temporary:
+            self.status.state = FollowerState.DEGRADED
+        self.status.error(str(exc))
+        log.warning("mirror.follow_error", mirror=self.name, error=str(exc))
 
     async def _follow_once(self, stop: asyncio.Event) -> None:
         queue: asyncio.Queue[Record] = asyncio.Queue(maxsize=QUEUE_RECORDS)
@@ -199,20 +218,37 @@ class Follower:
                 await asyncio.wait_for(stop.wait(), SOURCE_POLL_INTERVAL_S)
 
     async def _ack_loop(self, stop: asyncio.Event) -> None:
-        """Tell the source how far we got, so its retention and GC barrier can advance."""
+        """Tell the source how far we got, so its retention and GC barrier can advance. Acks
+        every interval even when the version has not moved (a replica stuck on its database):
+        the answer is how a removed mirror learns that it was removed. Raises
+        MirrorRemovedError then."""
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.ack_interval_s)
-            await self.ack()
+            await self.ack(only_if_new=stop.is_set())
 
-    async def ack(self, timeout_s: float = ACK_TIMEOUT_S) -> None:
-        """Ack the applied version; bounded, so an unreachable source never holds up the
-        loop or a shutdown (the next ack carries the same version)."""
+    async def ack(self, timeout_s: float = ACK_TIMEOUT_S, *, only_if_new: bool = True) -> None:
+        """Ack the applied version (`only_if_new`: only if it moved since the last ack);
+        bounded, so an unreachable source never holds up the loop or a shutdown (the next ack
+        carries the same version). Raises MirrorRemovedError if the source no longer knows
+        this mirror: it was removed, and the daemon must stop."""
         version = self.status.applied_version
-        if version <= self._acked:
+        if only_if_new and version <= self._acked:
             return
         try:
             await asyncio.wait_for(self.source.mirror(self.name, "ack", version=version), timeout_s)
-            self._acked = version
+            self._acked = max(self._acked, version)
+        except MirrorRemovedError as exc:
+            log.error("mirror.removed", mirror=self.name, error=str(exc))
+            self.status.error(f"removed from the source: {exc.message}")
+            raise
         except (ChangelogError, TimeoutError) as exc:
             log.info("mirror.ack_failed", mirror=self.name, error=str(exc) or "timed out")
+
+
+def _first_removed(group: BaseExceptionGroup[MirrorRemovedError]) -> MirrorRemovedError:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    assert isinstance(exc, MirrorRemovedError)
+    return exc

@@ -35,9 +35,20 @@ class PsqlError(RuntimeError):
     """A SQL command run through psql failed; the message carries psql's stderr."""
 
 
+_SESSION_DIRS: list[Path] = []
+
+
 def short_data_dir() -> Path:
     """A fresh empty directory under /tmp, short enough for the server's unix socket path."""
-    return Path(tempfile.mkdtemp(prefix="mfs-pg-", dir="/tmp"))
+    path = Path(tempfile.mkdtemp(prefix="mfs-pg-", dir="/tmp"))
+    _SESSION_DIRS.append(path)
+    return path
+
+
+def session_server_dirs() -> list[Path]:
+    """Every directory `short_data_dir` made in this process (tests/leaks.py looks for servers
+    still running in them)."""
+    return list(_SESSION_DIRS)
 
 
 def _is_alive(pid: int) -> bool:
@@ -81,6 +92,16 @@ class PostgresServer:
             warnings.simplefilter("ignore")
             handle = get_server(path, cleanup_mode="stop")
         return cls(path, handle)
+
+    def start_again(self) -> None:
+        """Start the server again after `stop`, in the same data dir: same socket, same DSN
+        (a server restarted under its clients). No-op if it is running."""
+        if self.is_running:
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._handle = get_server(self.data_dir, cleanup_mode="stop")
+        self._pid = self._handle.get_pid()
 
     @property
     def dsn(self) -> str:
