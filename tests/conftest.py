@@ -3,6 +3,9 @@
 Servers are session-scoped (started once, on first use) and always stopped: by the fixture's
 teardown, by an atexit hook if pytest is interrupted, and, for SeaweedFS, by a parent-death
 signal if pytest is killed outright. Isolation per test comes from a fresh bucket or database.
+
+At the end of the session, tests/leaks.py fails the run if any process the tests started is
+still running (a PostgreSQL, weed, a source node, a region daemon), and kills it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import pytest
 
 from objstore import ObjectStore, open_store
 from objstore.local import LocalStore
+from tests.leaks import pytest_sessionfinish  # noqa: F401 - the session-end process leak check
 from tests.servers.faultproxy import FaultProxy
 from tests.servers.postgres import PostgresServer, short_data_dir
 from tests.servers.seaweed import SeaweedServer
