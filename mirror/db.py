@@ -30,7 +30,11 @@ DEFAULT_MAX_POOL_SIZE = 8
 # pg_advisory_xact_lock key serialising migrations: "mirrorfs" in ASCII.
 MIGRATION_LOCK_KEY = 0x6D6972726F726673
 _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-_CREATED = re.compile(r"^\s*CREATE\s+(TABLE|FUNCTION)\s+(\w+)", re.IGNORECASE | re.MULTILINE)
+_CREATED = re.compile(
+    r"^\s*CREATE\s+(?:OR\s+REPLACE\s+)?(?:UNLOGGED\s+)?(TABLE|FUNCTION)\s+"
+    r"(?:IF\s+NOT\s+EXISTS\s+)?(\w+)",
+    re.IGNORECASE | re.MULTILINE,
+)
 _PASSWORD_IN_URL = re.compile(r"(://[^:/@?#]*:)[^@/?#]*@")
 
 # SQLSTATE classes worth retrying: connection exceptions, operator intervention (shutdown,

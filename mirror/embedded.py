@@ -174,7 +174,7 @@ _handles: dict[Path, Any] = {}
 def _handle(data_dir: Path) -> Any:
     """pgserver's handle for the directory (initdb on first use), without its start/cleanup."""
     handle = _handles.get(data_dir)
-    if handle is not None:
+    if handle is not None and (data_dir / "PG_VERSION").exists():
         return handle
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
@@ -302,7 +302,15 @@ class EmbeddedPostgres:
         if self.detached:
             return False
         self.detached = True
-        stopped = await asyncio.shield(asyncio.to_thread(_detach, self.data_dir, self._user.id))
+        try:
+            stopped = await asyncio.shield(asyncio.to_thread(_detach, self.data_dir, self._user.id))
+        except (MirrorDbError, OSError) as exc:
+            # Never instead of the caller's own error (detach runs in a finally): our entry
+            # goes with this process, and the next user to leave stops the server.
+            log.warning(
+                "mirror.embedded_detach_failed", data_dir=str(self.data_dir), error=str(exc)
+            )
+            return False
         log.info("mirror.embedded_detached", data_dir=str(self.data_dir), stopped=stopped)
         return stopped
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from mirror.db import Database, load_migrations, mask_dsn
+from mirror.db import Database, load_migrations, mask_dsn, migration_objects
 from mirror.errors import MirrorDbError
 from tests.servers.ports import free_ports
 from tests.servers.postgres import PostgresServer, short_data_dir
@@ -28,6 +28,32 @@ async def test_migrate_is_idempotent(pg_dsn: str) -> None:
         assert await db.migrate() == versions
         assert await db.migrate() == []
         assert await db.schema_version() == versions[-1]
+
+
+async def test_the_migrations_name_every_table_they_create_and_wipe_drops_them(
+    pg_dsn: str,
+) -> None:
+    tables, _ = migration_objects()
+    async with await Database.connect(pg_dsn) as db:
+        await db.migrate()
+        assert set(await db.tables()) == tables  # nothing a migration made goes unnamed
+        assert await db.foreign_tables() == []
+        async with db.acquire() as conn:
+            await conn.execute("INSERT INTO meta VALUES ('mirror', 'eu')")
+        assert sorted(await db.wipe()) == sorted(tables)
+        assert await db.tables() == []
+        assert await db.migrate() == [m.version for m in load_migrations()]  # from scratch
+        assert await db.get_meta("mirror") is None
+
+
+async def test_wipe_never_drops_a_table_mirrorfs_did_not_create(pg_dsn: str) -> None:
+    async with await Database.connect(pg_dsn) as db:
+        await db.migrate()
+        async with db.acquire() as conn:
+            await conn.execute("CREATE TABLE orders (id int)")
+        with pytest.raises(MirrorDbError, match=r"tables mirrorfs did not create \(orders\)"):
+            await db.wipe()
+        assert "orders" in await db.tables() and "watermark" in await db.tables()
 
 
 async def test_concurrent_migrators_apply_each_migration_once(pg_dsn: str) -> None:

@@ -17,6 +17,7 @@ from mirror.follow.applier import apply_records
 from mirror.follow.loader import LoadStats, load_replica
 from mirror.replica import Replica
 from mirror.replicate import CopyQueue
+from mirror.stamp import Stamp, read_stamp
 from objstore.keys import block_sizes
 from tests.mirror.conftest import MiB, Workload, sums
 from tests.mirror.test_applier import table_state
@@ -221,3 +222,28 @@ async def test_load_rate(db: Database, replica: Replica) -> None:
     n_dirs = n // 201
     names = [name for name, _ in await replica.readdir("/d00001", limit=10_000)]
     assert names == [f"file-{f:07d}.bin" for f in range(1, n - 1 - n_dirs, n_dirs)]
+
+
+async def test_a_load_for_another_bucket_keeps_no_copied_row(db: Database) -> None:
+    """'copied' rows survive a load given the owner's stamp only if the database was stamped
+    for the same mirror, volume and bucket; the load writes the stamp."""
+    w = Workload(5).run(300)
+    eu_a = Stamp("vol-1", "vol", "eu", "file:///bucket-a")
+    await load_replica(db, w.version, 1, wire_rows(w), stamp=eu_a)
+    async with db.acquire() as conn:
+        assert await read_stamp(conn) == eu_a
+        await conn.execute("UPDATE blocks SET state = 'copied', copied_at = now()")
+    n = len(live_blocks(w))
+    w.run(320)
+    stats = await load_replica(db, w.version, 2, wire_rows(w), stamp=eu_a)  # same bucket: kept
+    assert stats.blocks_kept_copied > 0
+    eu_b = Stamp("vol-1", "vol", "eu", "file:///bucket-b")
+    stats = await load_replica(db, w.version, 3, wire_rows(w), stamp=eu_b)
+    states = await blocks_by_state(db)
+    assert stats.blocks_kept_copied == 0 and states["copied"] == set()
+    assert states["pending"] == live_blocks(w) and n > 0
+    async with db.acquire() as conn:
+        assert await read_stamp(conn) == eu_b
+    await load_replica(db, w.version, 4, wire_rows(w))  # a resync: the stamp is left alone
+    async with db.acquire() as conn:
+        assert await read_stamp(conn) == eu_b
