@@ -108,8 +108,11 @@ def translate(exc: BaseException, dsn: str) -> MirrorDbError:
             dsn=dsn,
             hint="expected postgresql://USER:PASSWORD@HOST:PORT/DATABASE (or ?host=/socket/dir)",
         )
-    if isinstance(exc, asyncpg.InterfaceError):
-        # "connection is closed" and friends: the pool hands out a fresh connection next time.
+    if isinstance(exc, asyncpg.InterfaceError | asyncpg.InternalClientError):
+        # "connection is closed" and friends; InternalClientError ("cannot switch to state
+        # 15; another operation is in progress") is a connection the server cut mid-statement
+        # (seen under a fast shutdown). `Database.acquire` drops such a connection, so the
+        # pool hands out a fresh one next time.
         return MirrorDbError(f"PostgreSQL client error at {dsn}: {exc}", dsn=dsn, temporary=True)
     if isinstance(exc, OSError | TimeoutError):
         reason = "timed out" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
@@ -122,7 +125,22 @@ def translate(exc: BaseException, dsn: str) -> MirrorDbError:
     return MirrorDbError(f"PostgreSQL client error at {dsn}: {exc!r}", dsn=dsn)
 
 
-_TRANSLATED = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError, ValueError)
+_TRANSLATED = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+    ValueError,
+)
+# Errors after which a connection may be mid-protocol: it must not go back to the pool.
+_BROKEN = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
 
 
 @contextlib.contextmanager
@@ -216,10 +234,17 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection; asyncpg/OS errors inside the block become MirrorDbError."""
+        """A pooled connection; asyncpg/OS errors inside the block become MirrorDbError. A
+        connection that failed at the protocol level is terminated, not pooled again."""
         with translating(self.dsn):
             async with self._pool.acquire() as conn:
-                yield conn
+                try:
+                    yield conn
+                except _BROKEN:
+                    with contextlib.suppress(asyncpg.InterfaceError):  # already released
+                        if not conn.is_closed():
+                            conn.terminate()
+                    raise
 
     async def migrate(self) -> list[int]:
         """Bring the schema up to date; return the versions applied now ([] if none were due).
