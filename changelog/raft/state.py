@@ -63,6 +63,13 @@ class MetaState(SyncObjConsumer):  # type: ignore[misc]
             self._on_records(emitted)
         return out
 
+    @replicated  # type: ignore[misc,untyped-decorator]
+    def read_barrier(self) -> int:
+        """A command with no effect: when it commits, the leader that proposed it was the leader
+        at that point of the log, and every write committed before the read began is applied
+        (the read index of Raft's thesis, section 6.4). Returns the version at that point."""
+        return int(self.version)
+
     def _apply_request(
         self, request_id: str | None, ops: list[dict[str, Any]], ts: int, emitted: list[Record]
     ) -> list[dict[str, Any]]:
