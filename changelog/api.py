@@ -2,7 +2,8 @@
 
     POST /v1/ops                  {"request_id", "ops": [{"op", "args"}], "uid", "gid"}
                                   -> {"results": [...], "version": last committed}
-    GET  /v1/meta/{verb}          lookup|getattr|readdir|chunk, with min_version= and leader=1
+    GET  /v1/meta/{verb}          lookup|getattr|readdir|chunk|file, min_version= and leader=1;
+                                  file = the inode and its chunk maps at one version
     GET  /v1/changelog?from=V     framed records, streamed; follow=0 stops at the head
     GET  /v1/snapshot             a consistent snapshot (framed), version in X-Mirrorfs-Version
     POST /v1/mirrors/{name}       register; POST .../ack {"version"}; DELETE .../{name}
@@ -25,14 +26,17 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from changelog.metrics import NodeCollector
+from changelog.namespace import Namespace
 from changelog.node import SourceNode
 from changelog.snapshot import take_snapshot
 from volume.errors import (
     BadRequestError,
     ChangelogError,
+    ChangelogUnavailableError,
     FsError,
     QuorumUnavailableError,
 )
+from volume.inode import CHUNK_SIZE, Inode
 from volume.records import MIRROR_ACK, MIRROR_REGISTER, MIRROR_REMOVE
 from volume.web import bearer_auth, json_errors, json_response
 
@@ -41,6 +45,9 @@ log = structlog.get_logger(__name__)
 FRAMES_CONTENT_TYPE = "application/x-mirrorfs-frames"
 DEFAULT_READ_WAIT_S = 10.0
 MAX_OPS_PER_BATCH = 10_000
+# One file read resolves its inode and every chunk map under one lock (one version); this many
+# chunks is 4 TiB, a response of a few MB.
+MAX_CHUNKS_PER_FILE_READ = 65_536
 NODE_KEY = web.AppKey("node", SourceNode)
 
 
@@ -100,7 +107,8 @@ async def get_meta(request: web.Request) -> web.Response:
     verb = request.match_info["verb"]
     min_version = int_param(request, "min_version", 0)
     if request.query.get("leader") in ("1", "true"):
-        node.raft.require_leader()
+        node.raft.require_leader()  # a follower refuses at once; the barrier proves the rest
+        await node.raft.read_barrier(timeout_s=DEFAULT_READ_WAIT_S)
     if min_version and not await node.wait_version(min_version, DEFAULT_READ_WAIT_S):
         raise QuorumUnavailableError(
             f"node did not reach version {min_version} within {DEFAULT_READ_WAIT_S:.0f}s"
@@ -123,13 +131,44 @@ async def get_meta(request: web.Request) -> web.Response:
             )
             result = [{"name": name, "attr": attr.to_dict()} for name, attr in entries]
         elif verb == "chunk":
-            ino, index = int_param(request, "ino"), int_param(request, "index")
-            slices = ns.chunk_slices(ino, index)
-            checksums = {s.id: list(ns.slice_info(s.id).checksums) for s in slices}
-            result = {"slices": [s.to_dict() for s in slices], "checksums": checksums}
+            result = _chunk_map(ns, int_param(request, "ino"), int_param(request, "index"))
+        elif verb == "file":
+            inode = ns.lookup(_path(request), uid=uid, gid=gid)
+            offset = int_param(request, "offset", 0)
+            length = int_param(request, "length", -1)
+            result = {
+                "attr": inode.to_dict(),
+                "chunks": {
+                    index: _chunk_map(ns, inode.ino, index)
+                    for index in _chunk_range(inode, offset, None if length < 0 else length)
+                },
+            }
         else:
             raise BadRequestError(f"unknown metadata verb {verb!r}")
     return json_response({"version": version, "result": result})
+
+
+def _chunk_map(ns: Namespace, ino: int, index: int) -> dict[str, Any]:
+    slices = ns.chunk_slices(ino, index)
+    checksums = {s.id: list(ns.slice_info(s.id).checksums) for s in slices}
+    return {"slices": [s.to_dict() for s in slices], "checksums": checksums}
+
+
+def _chunk_range(inode: Inode, offset: int, length: int | None) -> range:
+    """The chunk indexes a read of [offset, offset+length) needs, clipped at the file's size
+    (nothing for a directory or symlink: the reader refuses those by their attr)."""
+    if offset < 0 or (length is not None and length < 0):
+        raise BadRequestError("'offset' and 'length' must be >= 0")
+    end = inode.size if length is None else min(inode.size, offset + length)
+    if not inode.is_file or end <= offset:
+        return range(0)
+    chunks = range(offset // CHUNK_SIZE, (end - 1) // CHUNK_SIZE + 1)
+    if len(chunks) > MAX_CHUNKS_PER_FILE_READ:
+        raise BadRequestError(
+            f"a file read resolves at most {MAX_CHUNKS_PER_FILE_READ} chunks"
+            f" ({MAX_CHUNKS_PER_FILE_READ * CHUNK_SIZE >> 40} TiB) at once; read in ranges"
+        )
+    return chunks
 
 
 def _path(request: web.Request) -> str:
@@ -168,9 +207,21 @@ async def get_changelog(request: web.Request) -> web.StreamResponse:
 
 
 async def frames_at(node: SourceNode, version: int) -> list[bytes]:
+    """Frames from `version` on; [] only when the node has not applied `version` yet.
+
+    Raises VersionGoneError below retention, and ChangelogUnavailableError when the node has
+    applied `version` but neither its in-memory tail nor its segments hold it (a segment
+    writer that fell behind or failed): the reader goes to another node instead of this loop
+    waiting for a record that is already applied (it used to spin here forever)."""
     frames = node.frames_recent(version)
     if frames is None:  # older than the in-memory tail: segment files, off the event loop
         frames = await asyncio.to_thread(node.frames_from, version)
+        if not frames and version <= node.version:
+            why = node.segment_error or "its changelog segments are behind"
+            raise ChangelogUnavailableError(
+                f"node {node.node_id} applied record {version} but cannot serve it ({why})",
+                hint="another node serves the stream",
+            )
     return frames
 
 

@@ -91,6 +91,14 @@ class VersionGoneError(ChangelogError):
         }
 
 
+class ChangelogUnavailableError(ChangelogError):
+    """This node has applied the record asked for but cannot serve it (its changelog segments
+    are behind or failing): ask another node; the stream never waits here for it."""
+
+    http_status = 503
+    temporary = True
+
+
 class FrameError(ChangelogError):
     """A changelog frame is malformed, truncated or fails its checksum; it is never applied."""
 
@@ -136,6 +144,7 @@ def from_wire(body: dict[str, Any], status: int) -> ChangelogError:
         "AuthError": AuthError,
         "BadRequestError": BadRequestError,
         "QuorumUnavailableError": QuorumUnavailableError,
+        "ChangelogUnavailableError": ChangelogUnavailableError,
         "FrameError": FrameError,
     }
     cls = simple.get(kind, ChangelogError)
