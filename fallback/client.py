@@ -112,14 +112,19 @@ class FsClient:
     async def read(
         self, path: str, *, offset: int = 0, length: int | None = None
     ) -> AsyncIterator[bytes]:
-        """The file's bytes from `offset`, streamed in block-sized pieces."""
-        version, inode = await self.view.lookup(path, min_version=self.seen_version)
-        self._saw(version)
+        """The file's bytes from `offset`, streamed in block-sized pieces: the bytes of exactly
+        one committed version (inode and chunk maps resolved together; the blocks of slices
+        freed after that stay readable for the GC grace, see README "Reads")."""
+        file = await self.view.resolve_file(
+            path, offset=offset, length=length, min_version=self.seen_version
+        )
+        self._saw(file.version)
+        inode = file.inode
         if not inode.is_file:
             why = "is a directory" if inode.is_dir else "not a regular file"
             raise FsError(errno.EISDIR, why, path=path)
         want = inode.size - offset if length is None else length
-        pieces = await plan_reads(self.view, inode, offset, want, min_version=version)
+        pieces = plan_reads(file, offset, want)
         async for data in iter_pieces(self.store, pieces, readahead=DEFAULT_READAHEAD):
             yield data
 
