@@ -3,19 +3,28 @@
 Every command finds the volume through it (`--config` or `MIRRORFS_CONFIG`). Relative paths in it
 are relative to the file, so a demo directory can be moved whole. Unknown keys are errors: a
 typo must not silently fall back to a default. Errors name the file and the key.
+
+The file holds secrets (the token, the Raft `secret`, DSN passwords): it is written 0600, and
+loading one that group or others may read is a warning (not an error: the operator may have
+reasons, but should know).
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from volume.errors import ConfigError
+
+log = structlog.get_logger(__name__)
 
 CONFIG_ENV = "MIRRORFS_CONFIG"
 CONFIG_NAME = "mirrorfs.toml"
@@ -23,6 +32,7 @@ DEFAULT_TICK_INTERVAL_S = 0.2
 DEFAULT_RETENTION_MIN_S = 2 * 3600.0
 DEFAULT_RETENTION_MIN_RECORDS = 100_000
 DEFAULT_WINDOW_S = 5.0
+CONFIG_MODE = 0o600  # owner read/write only: the file holds the volume's secrets
 
 
 class _Strict(BaseModel):
@@ -173,9 +183,19 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> VolumeConfig
     return cfg.model_copy(update={"path": path.resolve() if path else None})
 
 
-def load_config(explicit: str | Path | None = None) -> VolumeConfig:
-    """Read and validate the topology file. Raises ConfigError naming the file and key."""
+def load_config(
+    explicit: str | Path | None = None, *, on_warning: Callable[[str], None] | None = None
+) -> VolumeConfig:
+    """Read and validate the topology file. Raises ConfigError naming the file and key.
+
+    A file that group or others may read is logged (`config.readable_by_others`) and also
+    handed to `on_warning` as one line (the CLI prints it); it still loads."""
     path = find_config_path(explicit)
+    warning = readable_by_others(path)
+    if warning:
+        log.warning("config.readable_by_others", path=str(path), fix=f"chmod 600 {path}")
+        if on_warning:
+            on_warning(warning)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -212,10 +232,33 @@ def dump_config(cfg: VolumeConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
+def readable_by_others(path: Path) -> str | None:
+    """A one-line warning if group or others may read or write `path`, else None (also when
+    it cannot be stat'ed: reading it will say why)."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return None
+    if not mode & 0o077:
+        return None
+    return (
+        f"{path} is mode {mode:04o}: other users may read the volume's tokens and secret; "
+        f"fix: chmod 600 {path}"
+    )
+
+
 def write_config(cfg: VolumeConfig, path: Path) -> None:
-    """Atomically (re)write the file: a crash leaves the old file or the new one."""
+    """Atomically (re)write the file, mode 0600: a crash leaves the old file or the new one.
+
+    The temporary file is made 0600 before a byte of it is written (fchmod, since a stale tmp
+    file left by a crash keeps its old mode through O_CREAT, and a umask can only narrow)."""
     tmp = path.with_suffix(".toml.tmp")
-    tmp.write_text(dump_config(cfg))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, CONFIG_MODE)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), CONFIG_MODE)
+        f.write(dump_config(cfg))
+        f.flush()
+        os.fsync(f.fileno())  # the rename must not publish an empty file after a power loss
     os.replace(tmp, path)
 
 
