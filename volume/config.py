@@ -4,9 +4,9 @@ Every command finds the volume through it (`--config` or `MIRRORFS_CONFIG`). Rel
 are relative to the file, so a demo directory can be moved whole. Unknown keys are errors: a
 typo must not silently fall back to a default. Errors name the file and the key.
 
-The file holds secrets (the token, the Raft `secret`, DSN passwords): it is written 0600, and
-loading one that group or others may read is a warning (not an error: the operator may have
-reasons, but should know).
+The file holds secrets (the admin token, the Raft `secret` that also signs every token, the
+mirrors' own tokens, DSN passwords): it is written 0600, and loading one that group or others
+may read is a warning (not an error: the operator may have reasons, but should know).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 import stat
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from volume.errors import ConfigError
+from volume.tokens import TokenVerifier
 
 log = structlog.get_logger(__name__)
 
@@ -82,12 +83,19 @@ class MirrorConfig(_Strict):
     data_dir: str
     dsn: str = Field(default="", description="PostgreSQL DSN; empty: an embedded server")
     window_s: float = Field(default=DEFAULT_WINDOW_S, ge=0)
+    token: str = Field(
+        default="",
+        description="this mirror's own `mirror:NAME` token (minted by `mirror create`) for the "
+        "source API; empty (a mirror created before scopes): the volume's admin token",
+    )
 
 
 class VolumeConfig(_Strict):
     name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9-]*$")
-    token: str = Field(min_length=16, description="bearer token of every HTTP API")
-    secret: str = Field(min_length=16, description="Raft password: encrypts the peer port")
+    token: str = Field(min_length=16, description="the admin token of every HTTP API")
+    secret: str = Field(
+        min_length=16, description="Raft password (encrypts the peer port); signs every token"
+    )
     source: SourceConfig
     mirrors: dict[str, MirrorConfig] = Field(default_factory=dict)
     path: Path | None = Field(default=None, exclude=True)
@@ -120,6 +128,10 @@ class VolumeConfig(_Strict):
     def api_urls(self) -> list[str]:
         return [n.api for n in self.source.nodes]
 
+    def token_verifier(self) -> TokenVerifier:
+        """What every HTTP service of the volume checks bearer tokens with."""
+        return TokenVerifier.from_secret(self.secret, admin_token=self.token)
+
     def mirror_region(self, name: str) -> MirrorRegion:
         """Everything a mirror region's processes need, resolved once (ConfigError if there
         is no such mirror): pass this value down instead of the file and a name."""
@@ -127,7 +139,8 @@ class VolumeConfig(_Strict):
         return MirrorRegion(
             name=name,
             volume=self.name,
-            token=self.token,
+            token=m.token or self.token,
+            verifier=self.token_verifier(),
             source_api_urls=tuple(self.api_urls),
             source_bucket=self.source.bucket,
             gc_grace_s=self.source.gc_grace_s,
@@ -145,7 +158,8 @@ class MirrorRegion:
 
     name: str
     volume: str
-    token: str
+    token: str = field(repr=False)  # this mirror's own token, for the source API
+    verifier: TokenVerifier = field(repr=False)  # for the region's own status API
     source_api_urls: tuple[str, ...]
     source_bucket: str
     gc_grace_s: float
