@@ -1,14 +1,21 @@
-"""The source node's HTTP API (aiohttp). Every /v1 route needs the volume's bearer token.
+"""The source node's HTTP API (aiohttp). Every /v1 route needs a bearer token whose scope it
+allows (volume/tokens.py; `admin` may call all of them):
 
     POST /v1/ops                  {"request_id", "ops": [{"op", "args"}], "uid", "gid"}
-                                  -> {"results": [...], "version": last committed}
+                                  -> {"results": [...], "version": last committed}   client:rw
     GET  /v1/meta/{verb}          lookup|getattr|readdir|chunk|file, min_version= and leader=1;
                                   file = the inode and its chunk maps at one version
-    GET  /v1/changelog?from=V     framed records, streamed; follow=0 stops at the head
+                                                                         client:rw, client:ro
+    GET  /v1/changelog?from=V     framed records, streamed; follow=0 stops at the head  mirror:*
     GET  /v1/snapshot             a consistent snapshot (framed), version in X-Mirrorfs-Version
-    POST /v1/mirrors/{name}       register; POST .../ack {"version"}; DELETE .../{name}
-    GET  /v1/status               role, term, versions, head ts, peers, mirrors
+                                                                                      mirror:*
+    POST /v1/mirrors/{name}       register                                          admin only
+    POST .../{name}/ack {"version"}; DELETE .../{name}                    mirror:{name} itself
+    GET  /v1/status               role, term, versions, head ts, peers, mirrors       mirror:*
     GET  /metrics                 Prometheus (no token: scrapers rarely carry one)
+
+A token outside its scope is refused with 403 before the handler runs, so nothing changes.
+uid/gid in a request are asserted by the token holder, as NFS AUTH_SYS does.
 
 Errors are JSON `{"error": <class>, "message", ...}` with the class's HTTP status
 (volume/errors.py, volume/web.py).
@@ -38,7 +45,8 @@ from volume.errors import (
 )
 from volume.inode import CHUNK_SIZE, Inode
 from volume.records import MIRROR_ACK, MIRROR_REGISTER, MIRROR_REMOVE
-from volume.web import bearer_auth, json_errors, json_response
+from volume.tokens import ANY_MIRROR, CLIENT_RO, CLIENT_RW, OWN_MIRROR, TokenVerifier
+from volume.web import add_route, bearer_auth, json_errors, json_response
 
 log = structlog.get_logger(__name__)
 
@@ -270,21 +278,23 @@ REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 
 
 def build_app(node: SourceNode) -> web.Application:
+    verifier = TokenVerifier.from_secret(node.cfg.secret, admin_token=node.cfg.token)
     app = web.Application(
-        middlewares=[bearer_auth(node.cfg.token, service="api"), json_errors(service="api")],
+        middlewares=[bearer_auth(verifier, service="api"), json_errors(service="api")],
         client_max_size=64 * 1024 * 1024,
     )
     app[NODE_KEY] = node
     registry = CollectorRegistry()
     registry.register(NodeCollector(node))
     app[REGISTRY_KEY] = registry
-    app.router.add_post("/v1/ops", post_ops)
-    app.router.add_get("/v1/meta/{verb}", get_meta)
-    app.router.add_get("/v1/changelog", get_changelog)
-    app.router.add_get("/v1/snapshot", get_snapshot)
-    app.router.add_post("/v1/mirrors/{name}", mirror_op)
-    app.router.add_post("/v1/mirrors/{name}/{action:ack}", mirror_op)
-    app.router.add_delete("/v1/mirrors/{name}", mirror_op)
-    app.router.add_get("/v1/status", get_status)
+    # Who may call what (admin may call everything): see the module docstring.
+    add_route(app, "POST", "/v1/ops", post_ops, allow=[CLIENT_RW])
+    add_route(app, "GET", "/v1/meta/{verb}", get_meta, allow=[CLIENT_RW, CLIENT_RO])
+    add_route(app, "GET", "/v1/changelog", get_changelog, allow=[ANY_MIRROR])
+    add_route(app, "GET", "/v1/snapshot", get_snapshot, allow=[ANY_MIRROR])
+    add_route(app, "POST", "/v1/mirrors/{name}", mirror_op)  # register: admin only
+    add_route(app, "POST", "/v1/mirrors/{name}/{action:ack}", mirror_op, allow=[OWN_MIRROR])
+    add_route(app, "DELETE", "/v1/mirrors/{name}", mirror_op, allow=[OWN_MIRROR])
+    add_route(app, "GET", "/v1/status", get_status, allow=[ANY_MIRROR])
     app.router.add_get("/metrics", get_metrics)
     return app

@@ -1,6 +1,8 @@
 """The region daemon's HTTP API: `GET /v1/status` (bearer token), answered as JSON.
 
-The same auth and error middlewares as the source nodes' API (volume/web.py).
+The same auth and error middlewares as the source nodes' API (volume/web.py): the volume's
+admin tokens and this mirror's own `mirror:NAME` token may read the status; another mirror's
+or a client's token gets 403.
 """
 
 from __future__ import annotations
@@ -10,19 +12,21 @@ from typing import Any
 
 from aiohttp import web
 
-from volume.web import bearer_auth, json_errors, json_response
+from volume.tokens import MIRROR_PREFIX, TokenVerifier
+from volume.web import add_route, bearer_auth, json_errors, json_response
 
 StatusSource = Callable[[], Awaitable[dict[str, Any]]]
 
 
-def build_app(token: str, status: StatusSource) -> web.Application:
-    """The daemon's app; `status` builds the region status document on each request."""
+def build_app(verifier: TokenVerifier, mirror: str, status: StatusSource) -> web.Application:
+    """The daemon's app for mirror `mirror`; `status` builds the region status document on
+    each request."""
 
     async def get_status(request: web.Request) -> web.Response:
         return json_response(await status())
 
     app = web.Application(
-        middlewares=[bearer_auth(token, service="mirror"), json_errors(service="mirror")]
+        middlewares=[bearer_auth(verifier, service="mirror"), json_errors(service="mirror")]
     )
-    app.router.add_get("/v1/status", get_status)
+    add_route(app, "GET", "/v1/status", get_status, allow=[MIRROR_PREFIX + mirror])
     return app

@@ -41,9 +41,15 @@ class ConfigError(ChangelogError):
 
 
 class AuthError(ChangelogError):
-    """Missing or wrong bearer token."""
+    """Missing, unknown, forged or tampered bearer token."""
 
     http_status = 401
+
+
+class ForbiddenError(ChangelogError):
+    """A valid token whose scope does not cover this request; nothing was changed."""
+
+    http_status = 403
 
 
 class BadRequestError(ChangelogError):
@@ -142,6 +148,7 @@ def from_wire(body: dict[str, Any], status: int) -> ChangelogError:
         )
     simple: dict[str, type[ChangelogError]] = {
         "AuthError": AuthError,
+        "ForbiddenError": ForbiddenError,
         "BadRequestError": BadRequestError,
         "QuorumUnavailableError": QuorumUnavailableError,
         "ChangelogUnavailableError": ChangelogUnavailableError,
