@@ -211,8 +211,9 @@ class MetaState(SyncObjConsumer):  # type: ignore[misc]
             if mirrors is not None:
                 self.mirrors = mirrors
             if not isinstance(exc, FsError):
-                log.exception("state.op_failed", op=repr(ops[index])[:200])
-                exc = FsError(errno.EINVAL, f"internal error applying {ops[index]!r}: {exc!r}")
+                shown = repr(ops[index])[:200]
+                log.exception("state.op_failed", op=shown)
+                exc = FsError(errno.EINVAL, f"internal error applying {shown}: {exc!r}")
             return Failed(len(ops), index, exc.to_wire())
         last = len(effects) - 1
         return [
