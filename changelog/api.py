@@ -2,7 +2,10 @@
 allows (volume/tokens.py; `admin` may call all of them):
 
     POST /v1/ops                  {"request_id", "ops": [{"op", "args"}], "uid", "gid"}
-                                  -> {"results": [...], "version": last committed}   client:rw
+                                  -> {"request_id", "results": [...], "version": last committed}
+                                  all ops or none; a retry (same request_id) gets the first
+                                  answer; RequestExpiredError (409) past the dedup window
+                                                                                     client:rw
     GET  /v1/meta/{verb}          lookup|getattr|readdir|chunk|file, min_version= and leader=1;
                                   file = the inode and its chunk maps at one version
                                                                          client:rw, client:ro
@@ -24,7 +27,6 @@ Errors are JSON `{"error": <class>, "message", ...}` with the class's HTTP statu
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 import orjson
@@ -35,6 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from changelog.metrics import NodeCollector
 from changelog.namespace import Namespace
 from changelog.node import SourceNode
+from changelog.raft.state import Outcome, Refused, Replayed, results_from_records
 from changelog.snapshot import take_snapshot
 from volume.errors import (
     BadRequestError,
@@ -42,9 +45,19 @@ from volume.errors import (
     ChangelogUnavailableError,
     FsError,
     QuorumUnavailableError,
+    RequestExpiredError,
+    VersionGoneError,
 )
 from volume.inode import CHUNK_SIZE, Inode
-from volume.records import MIRROR_ACK, MIRROR_REGISTER, MIRROR_REMOVE
+from volume.records import (
+    MAX_RECORDS_PER_REQUEST,
+    MIRROR_ACK,
+    MIRROR_REGISTER,
+    MIRROR_REMOVE,
+    FrameDecoder,
+    Record,
+)
+from volume.request_ids import MalformedRequestIdError, new_request_id, parse_request_id
 from volume.tokens import ANY_MIRROR, CLIENT_RO, CLIENT_RW, OWN_MIRROR, TokenVerifier
 from volume.web import add_route, bearer_auth, json_errors, json_response
 
@@ -52,7 +65,7 @@ log = structlog.get_logger(__name__)
 
 FRAMES_CONTENT_TYPE = "application/x-mirrorfs-frames"
 DEFAULT_READ_WAIT_S = 10.0
-MAX_OPS_PER_BATCH = 10_000
+MAX_OPS_PER_BATCH = MAX_RECORDS_PER_REQUEST
 # One file read resolves its inode and every chunk map under one lock (one version); this many
 # chunks is 4 TiB, a response of a few MB.
 MAX_CHUNKS_PER_FILE_READ = 65_536
@@ -82,6 +95,9 @@ async def read_json(request: web.Request) -> dict[str, Any]:
 
 
 async def post_ops(request: web.Request) -> web.Response:
+    """Commit one request: all its ops or none (volume/records.py). The request_id makes a
+    retry safe (the first answer comes back, nothing is applied again); without one the node
+    mints one, so that request cannot be retried safely. A malformed id is 400."""
     node = request.app[NODE_KEY]
     body = await read_json(request)
     ops = body.get("ops")
@@ -90,9 +106,11 @@ async def post_ops(request: web.Request) -> web.Response:
     uid, gid = body.get("uid", 0), body.get("gid", 0)
     if not isinstance(uid, int) or not isinstance(gid, int):
         raise BadRequestError("'uid' and 'gid' must be integers")
-    request_id = body.get("request_id") or uuid.uuid4().hex
-    if not isinstance(request_id, str) or len(request_id) > 128:
-        raise BadRequestError("'request_id' must be a string of at most 128 characters")
+    request_id = body.get("request_id") or new_request_id()
+    try:
+        parse_request_id(request_id)
+    except MalformedRequestIdError as exc:
+        raise BadRequestError(str(exc)) from None
     prepared = []
     for op in ops:
         if not isinstance(op, dict) or not isinstance(op.get("op"), str):
@@ -103,11 +121,50 @@ async def post_ops(request: web.Request) -> web.Response:
         if op["op"] in (MIRROR_REGISTER, MIRROR_ACK, MIRROR_REMOVE, "tick"):
             raise BadRequestError(f"op {op['op']!r} is not allowed here")
         prepared.append({"op": op["op"], "args": {**args, "uid": uid, "gid": gid}})
-    results = await node.raft.submit(request_id, prepared)
+    results = await commit(node, request_id, prepared)
     versions = [r["version"] for r in results if r.get("ok")]
     return json_response(
         {"request_id": request_id, "results": results, "version": max(versions, default=0)}
     )
+
+
+async def commit(
+    node: SourceNode, request_id: str, ops: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Submit a request and return its per-op results, the first answer for a retry.
+
+    Raises what the Raft bridge raises (NotLeaderError, QuorumUnavailableError: retry with
+    the same request_id), and the Refused error (RequestExpiredError, BadRequestError)."""
+    return await answer(node, request_id, await node.raft.submit(request_id, ops))
+
+
+async def answer(node: SourceNode, request_id: str, outcome: Outcome) -> list[dict[str, Any]]:
+    if isinstance(outcome, Refused):
+        raise outcome.error
+    if not isinstance(outcome, Replayed):
+        return outcome
+    # A retry of a committed request: its records are the answer (in the in-state tail, or
+    # in the segment log once the tail has moved on).
+    first, end = outcome.first_version, outcome.first_version + outcome.count
+    records: list[Record] = []
+    try:
+        while first + len(records) < end:
+            frames = await frames_at(node, first + len(records))
+            if not frames:
+                raise QuorumUnavailableError(
+                    f"records {first}..{end - 1} are applied but not readable yet: retry"
+                )
+            decoder = FrameDecoder()
+            records.extend(r for r in decoder.feed(b"".join(frames)) if r.version < end)
+            decoder.finish()
+    except VersionGoneError:
+        raise RequestExpiredError(
+            f"request {request_id} was applied once, as versions {first}..{end - 1}, whose "
+            "records are below retention now: its answer cannot be rebuilt, and it is not "
+            "applied again",
+            request_id=request_id,
+        ) from None
+    return results_from_records(records)
 
 
 async def get_meta(request: web.Request) -> web.Response:
@@ -256,7 +313,7 @@ async def mirror_op(request: web.Request) -> web.Response:
         op = {"op": MIRROR_ACK, "args": {"name": name, "version": body.get("version")}}
     else:
         op = {"op": MIRROR_REGISTER, "args": {"name": name}}
-    [result] = await node.raft.submit(uuid.uuid4().hex, [op])
+    [result] = await commit(node, new_request_id(), [op])
     if not result["ok"]:
         err = result["error"]
         raise FsError(int(err.get("errno", 22)), str(err.get("detail", err.get("message"))))

@@ -55,7 +55,9 @@ class SourceNode:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed = asyncio.Event()
         self.started_at = time.time()
-        self.state = MetaState(on_records=self._on_records)
+        self.state = MetaState(
+            on_records=self._on_records, dedup_window_s=cfg.source.dedup_window_s
+        )
         api_by_raft = {n.raft: n.api for n in cfg.source.nodes}
         partners = [n.raft for n in cfg.source.nodes if n.id != node_id]
         conf = make_conf(

@@ -34,6 +34,11 @@ DEFAULT_RETENTION_MIN_S = 2 * 3600.0
 DEFAULT_RETENTION_MIN_RECORDS = 100_000
 DEFAULT_WINDOW_S = 5.0
 CONFIG_MODE = 0o600  # owner read/write only: the file holds the volume's secrets
+# How long the source remembers a committed request, so a retry gets the first answer instead
+# of applying it twice (a retry after it is refused). It must outlast every client's retry
+# budget (volume/client.py DEFAULT_RETRY_S, 30 s) with room for clock skew and stalls; memory
+# costs ~150 bytes per request remembered (changelog/raft/dedup.py), ~90 MB at 1000 requests/s.
+DEFAULT_DEDUP_WINDOW_S = 600.0
 
 
 class _Strict(BaseModel):
@@ -67,6 +72,9 @@ class SourceConfig(_Strict):
     segment_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
     gc_grace_s: float = Field(default=3600.0, ge=0)
     compaction_min_entries: int = Field(default=50_000, ge=10)
+    # See DEFAULT_DEDUP_WINDOW_S; keep it below retention_min_s, since a retry's answer is
+    # rebuilt from the changelog records of the first attempt.
+    dedup_window_s: float = Field(default=DEFAULT_DEDUP_WINDOW_S, gt=0)
 
     @field_validator("nodes")
     @classmethod

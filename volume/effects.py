@@ -6,6 +6,19 @@ re-deriving anything. `EFFECTS` maps each op to the steps its effect takes, in o
 batch of row changes (mirror/follow/changes.py) are the two sinks. Neither side decides the
 order of steps: this table does, so the two cannot drift apart.
 
+Requests are the unit of change
+-------------------------------
+A client request is a list of ops (a `put` is create + truncate + writes on one path) that
+commits all or nothing. The source plans op k on the namespace as ops 1..k-1 left it, so it
+plans and applies them in order inside one transaction of its tables (undo journal:
+changelog/namespace/tables.py) and rolls everything back if any op fails: a failed request
+changes nothing, frees nothing, emits no record. A committed request yields one record per
+op, contiguous versions and one `ts`; its last record has `ends_request` set
+(volume/records.py). Each effect below still applies on its own, in version order; what a
+sink adds is where it may stop: the mirror applies whole requests only, each batch of
+requests plus the watermark in one PostgreSQL transaction (mirror/follow/applier.py refuses
+a batch that stops inside a request), so no region ever shows half a request.
+
 Shapes used below
 -----------------
 attr         Inode.to_dict(): {"ino", "kind" ("file"|"dir"|"symlink"), "mode" (perm bits,

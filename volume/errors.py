@@ -105,6 +105,25 @@ class ChangelogUnavailableError(ChangelogError):
     temporary = True
 
 
+class RequestExpiredError(ChangelogError):
+    """A retried request is older than the source's dedup window: the source can no longer
+    tell whether its first attempt committed, so it refuses it rather than apply it twice."""
+
+    http_status = 409
+
+    def __init__(self, message: str, *, request_id: str = "", hint: str | None = None) -> None:
+        super().__init__(
+            message,
+            hint=hint
+            or "check whether the change is there (e.g. stat the path) before sending it "
+            "again as a new request",
+        )
+        self.request_id = request_id
+
+    def to_wire(self) -> dict[str, Any]:
+        return {**super().to_wire(), "request_id": self.request_id}
+
+
 class FrameError(ChangelogError):
     """A changelog frame is malformed, truncated or fails its checksum; it is never applied."""
 
@@ -145,6 +164,10 @@ def from_wire(body: dict[str, Any], status: int) -> ChangelogError:
             message,
             requested=int(body.get("requested", 0)),
             first_available=int(body.get("first_available", 0)),
+        )
+    if kind == "RequestExpiredError":
+        return RequestExpiredError(
+            message, request_id=str(body.get("request_id", "")), hint=body.get("hint")
         )
     simple: dict[str, type[ChangelogError]] = {
         "AuthError": AuthError,

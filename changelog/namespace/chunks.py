@@ -58,6 +58,38 @@ class PendingIds:
         self._starts[i : i + 1] = [s for s, _ in pieces]
         self._ends[i : i + 1] = [e for _, e in pieces]
 
+    def put_back(self, slice_id: int) -> None:
+        """Undo `remove(slice_id)`: the id is pending again, merged with its neighbours.
+
+        Ranges never touch (add merges, remove leaves a gap), so merging rebuilds exactly the
+        ranges held before the remove."""
+        i = bisect_right(self._starts, slice_id)
+        if i > 0 and slice_id < self._ends[i - 1]:
+            raise ValueError(f"slice id {slice_id} is already pending")
+        joins_left = i > 0 and self._ends[i - 1] == slice_id
+        joins_right = i < len(self._starts) and self._starts[i] == slice_id + 1
+        if joins_left and joins_right:
+            self._ends[i - 1] = self._ends[i]
+            del self._starts[i], self._ends[i]
+        elif joins_left:
+            self._ends[i - 1] = slice_id + 1
+        elif joins_right:
+            self._starts[i] = slice_id
+        else:
+            self._starts.insert(i, slice_id)
+            self._ends.insert(i, slice_id + 1)
+
+    def withdraw(self, start: int, end: int) -> None:
+        """Undo `add(start, end)`, which must be the last change made to the top range."""
+        if start >= end:
+            return
+        if not self._ends or self._ends[-1] != end or self._starts[-1] > start:
+            raise ValueError(f"[{start}, {end}) is not the top of the pending ranges")
+        if self._starts[-1] == start:
+            del self._starts[-1], self._ends[-1]
+        else:
+            self._ends[-1] = start
+
     def ranges(self) -> list[list[int]]:
         return [[s, e] for s, e in zip(self._starts, self._ends, strict=True)]
 

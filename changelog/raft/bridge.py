@@ -14,7 +14,7 @@ from typing import Any
 from pysyncobj import FAIL_REASON, SyncObjConf
 
 from changelog.raft.conf import DurableSyncObj
-from changelog.raft.state import MetaState
+from changelog.raft.state import MetaState, Outcome
 from volume.errors import NotLeaderError, QuorumUnavailableError
 
 DEFAULT_COMMAND_TIMEOUT_S = 10.0
@@ -27,7 +27,7 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-_Waiting = tuple[str | None, list[dict[str, Any]], "asyncio.Future[list[dict[str, Any]]]"]
+_Waiting = tuple[str | None, list[dict[str, Any]], "asyncio.Future[Outcome]"]
 
 
 class RaftNode:
@@ -57,8 +57,9 @@ class RaftNode:
         ops: list[dict[str, Any]],
         *,
         timeout_s: float = DEFAULT_COMMAND_TIMEOUT_S,
-    ) -> list[dict[str, Any]]:
-        """Commit a batch of ops and return its per-op results.
+    ) -> Outcome:
+        """Commit a request (all its ops or none) and return its Outcome (changelog/raft/state.py:
+        per-op results, or a retry's Replayed/Refused).
 
         Group commit: while MAX_INFLIGHT Raft entries are in flight, new requests wait and then
         go together in one entry, so a loaded node sends a few large entries instead of one
@@ -69,7 +70,7 @@ class RaftNode:
         may still commit later, which is why callers retry with the same request_id.
         """
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[list[dict[str, Any]]] = loop.create_future()
+        fut: asyncio.Future[Outcome] = loop.create_future()
         self._waiting.append((request_id, ops, fut))
         self._flush(loop)
         try:
@@ -92,8 +93,12 @@ class RaftNode:
             def done(result: Any, error: int, items: list[_Waiting] = items) -> None:
                 loop.call_soon_threadsafe(self._done, loop, items, result, error)
 
+            # The window travels in the command: every node prunes and refuses alike.
             self.state.apply_requests(
-                [(rid, ops) for rid, ops, _ in items], now_ms(), callback=done
+                [(rid, ops) for rid, ops, _ in items],
+                now_ms(),
+                self.state.dedup_window_ms,
+                callback=done,
             )
 
     def _done(

@@ -26,6 +26,29 @@ def test_pending_ids() -> None:
     assert PendingIds([[10, 20], [30, 31]]).ranges() == [[10, 20], [30, 31]]
 
 
+def test_pending_ids_undo_restores_the_exact_ranges() -> None:
+    """put_back undoes remove and withdraw undoes add: what a rolled-back request needs."""
+    p = PendingIds([[1, 4], [6, 10]])
+    for sid in (1, 3, 2, 7, 9, 8, 6):  # ends, middles, and emptying a range
+        before = p.ranges()
+        p.remove(sid)
+        p.put_back(sid)
+        assert p.ranges() == before, sid
+        p.remove(sid)
+    assert p.ranges() == [] and len(p) == 0
+    with pytest.raises(ValueError):
+        PendingIds([[1, 4]]).put_back(2)
+    p = PendingIds([[1, 4]])
+    p.add(4, 6)  # merged into the top range
+    p.withdraw(4, 6)
+    assert p.ranges() == [[1, 4]]
+    p.add(8, 9)  # a range of its own
+    p.withdraw(8, 9)
+    assert p.ranges() == [[1, 4]]
+    with pytest.raises(ValueError):
+        p.withdraw(2, 3)
+
+
 def test_chunk_table_moves_files_between_layouts() -> None:
     t = ChunkTable()
     r0, r1, r2 = (SliceRef(i, 1, 0, 1, 0) for i in range(3))
