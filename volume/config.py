@@ -23,6 +23,7 @@ DEFAULT_TICK_INTERVAL_S = 0.2
 DEFAULT_RETENTION_MIN_S = 2 * 3600.0
 DEFAULT_RETENTION_MIN_RECORDS = 100_000
 DEFAULT_WINDOW_S = 5.0
+DEFAULT_UPLOAD_GRACE_S = 3600.0
 
 
 class _Strict(BaseModel):
@@ -55,6 +56,12 @@ class SourceConfig(_Strict):
     retention_max_records: int = Field(default=0, ge=0)
     segment_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
     gc_grace_s: float = Field(default=3600.0, ge=0)
+    # Slice ids a client reserved and never committed expire this long after they were
+    # reserved, and the upload sweeper then deletes their blocks (a client that died between
+    # upload and commit). It must outlast any one upload-to-commit span: a put commits at least
+    # every quarter of it (fallback/writer.py), and a late commit of an expired id is refused.
+    # The same age makes a put's abandoned temporary file removable by the next put.
+    upload_grace_s: float = Field(default=DEFAULT_UPLOAD_GRACE_S, gt=0)
     compaction_min_entries: int = Field(default=50_000, ge=10)
 
     @field_validator("nodes")
