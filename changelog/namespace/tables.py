@@ -144,8 +144,17 @@ class Tables:
             self.extra_refs.pop(slice_id, None)
 
     def reserve_slices(self, first: int, count: int) -> None:
-        self.pending.add(first, first + count)
+        self.reserve_pending(first, count, 0)
+
+    # -- SliceIdSink (volume/effects.py): the source's own id bookkeeping ------------------
+
+    def reserve_pending(self, first: int, count: int, ts: int) -> None:
+        self.pending.add(first, first + count, ts)
         self.next_slice_id = max(self.next_slice_id, first + count)
+
+    def expire_pending(self, expired: list[list[int]], forgotten: list[list[int]]) -> None:
+        self.pending.expire(expired)
+        self.pending.forget(forgotten)
 
     def _deref(self, slice_id: int) -> None:
         """One ref of the slice is gone; at zero the effect's `freed` list removes the entry."""
