@@ -22,6 +22,7 @@ import structlog
 from changelog.gc import SourceGc
 from changelog.log import SegmentGapError, SegmentLog
 from changelog.raft import MetaState, RaftNode, make_conf, now_ms
+from changelog.sweeper import UploadSweeper
 from volume.config import VolumeConfig
 from volume.errors import VersionGoneError
 from volume.records import TICK, Record, encode_frame
@@ -62,6 +63,7 @@ class SourceNode:
         )
         self.raft = RaftNode(self.me.raft, partners, conf, self.state, api_by_raft=api_by_raft)
         self.gc: SourceGc | None = None  # set by serve_node once the bucket is open
+        self.sweeper: UploadSweeper | None = None  # likewise
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -252,6 +254,7 @@ class SourceNode:
             "retention_floor": self.state.retention_floor(),
             "mirrors": self.state.mirror_table(),
             "gc": self.gc.status() if self.gc else None,
+            "sweeper": self.sweeper.status() if self.sweeper else None,
             "uptime_s": round(time.time() - self.started_at, 1),
             "now_ms": now_ms(),
         }

@@ -11,6 +11,7 @@ from aiohttp import web
 from changelog.api import build_app
 from changelog.gc import SourceGc
 from changelog.node import SourceNode
+from changelog.sweeper import UploadSweeper
 from objstore import open_store
 from volume.config import VolumeConfig
 
@@ -30,6 +31,13 @@ async def serve_node(cfg: VolumeConfig, node_id: int, stop: asyncio.Event) -> No
         is_leader=lambda: node.raft.is_leader,
         grace_s=cfg.source.gc_grace_s,
     )
+    node.sweeper = UploadSweeper(
+        node.state,
+        store,
+        submit=lambda ops: node.raft.submit(None, ops),
+        is_leader=lambda: node.raft.is_leader,
+        grace_s=cfg.source.upload_grace_s,
+    )
     api = urlsplit(node.me.api)
     runner = web.AppRunner(build_app(node), access_log=None, handler_cancellation=True)
     try:
@@ -41,6 +49,7 @@ async def serve_node(cfg: VolumeConfig, node_id: int, stop: asyncio.Event) -> No
             tg.create_task(node.run_ticker(stop))
             tg.create_task(node.run_retention(stop))
             tg.create_task(node.gc.run(stop))
+            tg.create_task(node.sweeper.run(stop))
             await stop.wait()
     finally:
         await runner.cleanup()

@@ -100,7 +100,11 @@ def write(
             raise FsError(
                 errno.EINVAL, f"slice {slice_id} expired: not committed within the upload grace"
             )
-        raise FsError(errno.EINVAL, f"slice {slice_id} is not allocated or already committed")
+        raise FsError(
+            errno.EINVAL,
+            f"slice {slice_id} is not pending: never allocated, already committed,"
+            " or expired (not committed within the upload grace)",
+        )
     new = SliceRef(id=slice_id, size=size, off=0, len=size, pos=pos)
     refs = [*t.chunks.get(inode.ino, chunk_index), new]
     gone = [refs[i] for i in covered_by_last(refs, CHUNK_SIZE)]
