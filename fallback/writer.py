@@ -21,7 +21,7 @@ of at most a chunk) is committed in one request, replacing the destination's con
 A bigger one, or one whose upload outlasts `commit_interval_s` (slice ids must be committed
 within the source's grace), is committed in several requests under a hidden temporary name in
 the destination's directory, `.mirrorfs-put-<16 hex>-<name>`, then renamed over the destination
-in the last request: readers see the old file or the new one, never a part (the new file is a
+in a last request of its own: readers see the old file or the new one, never a part (it is a
 new inode, with the writer's mode and owner). A writer that dies part-way leaves that temporary
 file: it shows in listings under its recognisable name, and the next put into that directory
 unlinks every such file whose mtime (refreshed by each of its commits) is older than the
@@ -359,7 +359,9 @@ class _Put:
         self.ids = []  # ids reserved for this group and left over stay unused (they expire)
 
     async def finish(self) -> WriteResult:
-        """The last request: everything in one when it fits, else the rest plus the rename."""
+        """The last request(s): everything in one when it fits; else the rest into the
+        temporary file, then the rename alone, so that the destination changes only once every
+        write has committed (whether or not the source applies a request all or nothing)."""
         if self.temp is None and len(self.uncommitted) + 2 <= self.policy.max_ops:
             path = self.dest.path
             ops = [
@@ -368,7 +370,7 @@ class _Put:
             ]
             await self._commit(ops, path, [])
         else:
-            if self.temp is None:
+            if self.temp is None or self.uncommitted:
                 await self._flush()
             assert self.temp is not None
             rename = {"op": "rename", "args": {"src": self.temp, "dst": self.dest.path}}
