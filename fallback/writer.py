@@ -322,7 +322,7 @@ class _Put:
 
     def _limit(self) -> int:
         """Writes the next request may carry, leaving room for its other ops."""
-        return self.policy.max_ops - 1  # + create of the temp, or + the final rename
+        return self.policy.max_ops - 1  # room for the temp's create in the first flush
 
     async def add(self, piece: bytes, pieces_left: int | None) -> None:
         """Upload one piece (reserving ids first, committing the group before when it is full
