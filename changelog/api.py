@@ -118,7 +118,7 @@ async def post_ops(request: web.Request) -> web.Response:
         args = op.get("args", {})
         if not isinstance(args, dict):
             raise BadRequestError(f"op {op['op']!r}: 'args' must be an object")
-        if op["op"] in (MIRROR_REGISTER, MIRROR_ACK, MIRROR_REMOVE, "tick"):
+        if op["op"] in (MIRROR_REGISTER, MIRROR_ACK, MIRROR_REMOVE, "tick", "expire_slices"):
             raise BadRequestError(f"op {op['op']!r} is not allowed here")
         prepared.append({"op": op["op"], "args": {**args, "uid": uid, "gid": gid}})
     results = await commit(node, request_id, prepared)

@@ -25,6 +25,7 @@ import structlog
 from changelog.gc import SourceGc
 from changelog.log import SegmentGapError, SegmentLog
 from changelog.raft import MetaState, RaftNode, make_conf, now_ms
+from changelog.sweeper import UploadSweeper
 from volume.config import VolumeConfig
 from volume.errors import ChangelogError, VersionGoneError
 from volume.records import TICK, Record, encode_frame
@@ -70,6 +71,7 @@ class SourceNode:
         self.gc: SourceGc | None = None  # set by serve_node once the bucket is open
         self.segment_error: str | None = None
         self._on_fatal: Callable[[Exception], None] = _exit_on_io_error
+        self.sweeper: UploadSweeper | None = None  # likewise
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -284,6 +286,7 @@ class SourceNode:
             "mirrors": self.state.mirror_table(),
             "gc": self.gc.status() if self.gc else None,
             "segment_error": self.segment_error,
+            "sweeper": self.sweeper.status() if self.sweeper else None,
             "uptime_s": round(time.time() - self.started_at, 1),
             "now_ms": now_ms(),
         }

@@ -39,6 +39,7 @@ CONFIG_MODE = 0o600  # owner read/write only: the file holds the volume's secret
 # budget (volume/client.py DEFAULT_RETRY_S, 30 s) with room for clock skew and stalls; memory
 # costs ~150 bytes per request remembered (changelog/raft/dedup.py), ~90 MB at 1000 requests/s.
 DEFAULT_DEDUP_WINDOW_S = 600.0
+DEFAULT_UPLOAD_GRACE_S = 3600.0
 
 
 class _Strict(BaseModel):
@@ -71,6 +72,12 @@ class SourceConfig(_Strict):
     retention_max_records: int = Field(default=0, ge=0)
     segment_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
     gc_grace_s: float = Field(default=3600.0, ge=0)
+    # Slice ids a client reserved and never committed expire this long after they were
+    # reserved, and the upload sweeper then deletes their blocks (a client that died between
+    # upload and commit). It must outlast any one upload-to-commit span: a put commits at least
+    # every quarter of it (fallback/writer.py), and a late commit of an expired id is refused.
+    # The same age makes a put's abandoned temporary file removable by the next put.
+    upload_grace_s: float = Field(default=DEFAULT_UPLOAD_GRACE_S, gt=0)
     compaction_min_entries: int = Field(default=50_000, ge=10)
     # See DEFAULT_DEDUP_WINDOW_S; keep it below retention_min_s, since a retry's answer is
     # rebuilt from the changelog records of the first attempt.

@@ -64,6 +64,7 @@ _ARGS: dict[str, dict[str, tuple[str, bool]]] = {
         "size": ("int?", False),
     },
     "alloc_slices": {"count": ("int", True)},
+    "expire_slices": {"before_ts": ("int", True), "forget": ("ranges", False)},
 }
 OPS = tuple(_ARGS)
 
@@ -77,6 +78,10 @@ def _type_ok(value: object, kind: str) -> bool:
         return isinstance(value, str)
     if kind == "bool":
         return isinstance(value, bool)
+    if kind == "ranges":
+        return isinstance(value, list | tuple) and all(
+            isinstance(r, list | tuple) and all(type(i) is int for i in r) for r in value
+        )
     return isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
 
 
@@ -212,5 +217,6 @@ _PLANNERS: dict[str, Callable[..., Effect]] = {
     "truncate": fileops.truncate,
     "setattr": fileops.setattr,
     "alloc_slices": fileops.alloc_slices,
+    "expire_slices": fileops.expire_slices,
 }
 assert _PLANNERS.keys() == _ARGS.keys(), "every op has a planner and an argument spec"

@@ -195,9 +195,10 @@ class Tables:
         self, ino: int, chunk_index: int, ref: dict[str, Any], checksums: list[str], version: int
     ) -> None:
         new = SliceRef.from_dict(ref)
-        if new.id in self.pending:
+        reserved_at = self.pending.reserved_at(new.id)
+        if reserved_at is not None:
             self.pending.remove(new.id)
-            self._journal(partial(self.pending.put_back, new.id))
+            self._journal(partial(self.pending.put_back, new.id, reserved_at))
         if new.id in self.slices:  # never for effects from planning: ids are committed once
             self._keep(self.extra_refs, new.id)
             self.extra_refs[new.id] = self.extra_refs.get(new.id, 0) + 1
@@ -240,9 +241,20 @@ class Tables:
             self.extra_refs.pop(slice_id, None)
 
     def reserve_slices(self, first: int, count: int) -> None:
-        self.pending.add(first, first + count)
+        self.reserve_pending(first, count, 0)
+
+    # -- SliceIdSink (volume/effects.py): the source's own id bookkeeping ------------------
+
+    def reserve_pending(self, first: int, count: int, ts: int) -> None:
+        self.pending.add(first, first + count, ts)
         self._journal(partial(self.pending.withdraw, first, first + count))
         self.next_slice_id = max(self.next_slice_id, first + count)
+
+    def expire_pending(self, expired: list[list[int]], forgotten: list[list[int]]) -> None:
+        # Rare (the sweeper's own request), so the whole before-image is a fine undo.
+        self._journal(partial(self.pending.restore, self.pending.snapshot()))
+        self.pending.expire(expired)
+        self.pending.forget(forgotten)
 
     def _deref(self, slice_id: int) -> None:
         """One ref of the slice is gone; at zero the effect's `freed` list removes the entry."""

@@ -93,7 +93,7 @@ def test_put_whose_write_is_refused_changes_nothing_and_frees_nothing() -> None:
 
     assert [r["ok"] for r in answer] == [False, False, False]
     assert answer[2]["error"]["errno"] == errno.EINVAL, answer[2]
-    assert "not allocated" in answer[2]["error"]["detail"]
+    assert "never allocated" in answer[2]["error"]["detail"]
     for r in answer[:2]:
         assert r["not_applied"] is True
         assert r["error"]["errno"] == errno.ECANCELED
