@@ -1,13 +1,24 @@
-"""The source node's HTTP API (aiohttp). Every /v1 route needs the volume's bearer token.
+"""The source node's HTTP API (aiohttp). Every /v1 route needs a bearer token whose scope it
+allows (volume/tokens.py; `admin` may call all of them):
 
     POST /v1/ops                  {"request_id", "ops": [{"op", "args"}], "uid", "gid"}
-                                  -> {"results": [...], "version": last committed}
-    GET  /v1/meta/{verb}          lookup|getattr|readdir|chunk, with min_version= and leader=1
-    GET  /v1/changelog?from=V     framed records, streamed; follow=0 stops at the head
+                                  -> {"request_id", "results": [...], "version": last committed}
+                                  all ops or none; a retry (same request_id) gets the first
+                                  answer; RequestExpiredError (409) past the dedup window
+                                                                                     client:rw
+    GET  /v1/meta/{verb}          lookup|getattr|readdir|chunk|file, min_version= and leader=1;
+                                  file = the inode and its chunk maps at one version
+                                                                         client:rw, client:ro
+    GET  /v1/changelog?from=V     framed records, streamed; follow=0 stops at the head  mirror:*
     GET  /v1/snapshot             a consistent snapshot (framed), version in X-Mirrorfs-Version
-    POST /v1/mirrors/{name}       register; POST .../ack {"version"}; DELETE .../{name}
-    GET  /v1/status               role, term, versions, head ts, peers, mirrors
+                                                                                      mirror:*
+    POST /v1/mirrors/{name}       register                                          admin only
+    POST .../{name}/ack {"version"}; DELETE .../{name}                    mirror:{name} itself
+    GET  /v1/status               role, term, versions, head ts, peers, mirrors       mirror:*
     GET  /metrics                 Prometheus (no token: scrapers rarely carry one)
+
+A token outside its scope is refused with 403 before the handler runs, so nothing changes.
+uid/gid in a request are asserted by the token holder, as NFS AUTH_SYS does.
 
 Errors are JSON `{"error": <class>, "message", ...}` with the class's HTTP status
 (volume/errors.py, volume/web.py).
@@ -16,7 +27,6 @@ Errors are JSON `{"error": <class>, "message", ...}` with the class's HTTP statu
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 import orjson
@@ -25,24 +35,42 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from changelog.metrics import NodeCollector
+from changelog.namespace import Namespace
 from changelog.node import SourceNode
+from changelog.raft.state import Outcome, Refused, Replayed, results_from_records
 from changelog.snapshot import take_snapshot
 from volume.errors import (
     BadRequestError,
     ChangelogError,
+    ChangelogUnavailableError,
     FsError,
     MirrorRemovedError,
     QuorumUnavailableError,
+    RequestExpiredError,
+    VersionGoneError,
     from_wire,
 )
-from volume.records import MIRROR_ACK, MIRROR_REGISTER, MIRROR_REMOVE
-from volume.web import bearer_auth, json_errors, json_response
+from volume.inode import CHUNK_SIZE, Inode
+from volume.records import (
+    MAX_RECORDS_PER_REQUEST,
+    MIRROR_ACK,
+    MIRROR_REGISTER,
+    MIRROR_REMOVE,
+    FrameDecoder,
+    Record,
+)
+from volume.request_ids import MalformedRequestIdError, new_request_id, parse_request_id
+from volume.tokens import ANY_MIRROR, CLIENT_RO, CLIENT_RW, OWN_MIRROR, TokenVerifier
+from volume.web import add_route, bearer_auth, json_errors, json_response
 
 log = structlog.get_logger(__name__)
 
 FRAMES_CONTENT_TYPE = "application/x-mirrorfs-frames"
 DEFAULT_READ_WAIT_S = 10.0
-MAX_OPS_PER_BATCH = 10_000
+MAX_OPS_PER_BATCH = MAX_RECORDS_PER_REQUEST
+# One file read resolves its inode and every chunk map under one lock (one version); this many
+# chunks is 4 TiB, a response of a few MB.
+MAX_CHUNKS_PER_FILE_READ = 65_536
 NODE_KEY = web.AppKey("node", SourceNode)
 
 
@@ -69,6 +97,9 @@ async def read_json(request: web.Request) -> dict[str, Any]:
 
 
 async def post_ops(request: web.Request) -> web.Response:
+    """Commit one request: all its ops or none (volume/records.py). The request_id makes a
+    retry safe (the first answer comes back, nothing is applied again); without one the node
+    mints one, so that request cannot be retried safely. A malformed id is 400."""
     node = request.app[NODE_KEY]
     body = await read_json(request)
     ops = body.get("ops")
@@ -77,9 +108,11 @@ async def post_ops(request: web.Request) -> web.Response:
     uid, gid = body.get("uid", 0), body.get("gid", 0)
     if not isinstance(uid, int) or not isinstance(gid, int):
         raise BadRequestError("'uid' and 'gid' must be integers")
-    request_id = body.get("request_id") or uuid.uuid4().hex
-    if not isinstance(request_id, str) or len(request_id) > 128:
-        raise BadRequestError("'request_id' must be a string of at most 128 characters")
+    request_id = body.get("request_id") or new_request_id()
+    try:
+        parse_request_id(request_id)
+    except MalformedRequestIdError as exc:
+        raise BadRequestError(str(exc)) from None
     prepared = []
     for op in ops:
         if not isinstance(op, dict) or not isinstance(op.get("op"), str):
@@ -87,14 +120,53 @@ async def post_ops(request: web.Request) -> web.Response:
         args = op.get("args", {})
         if not isinstance(args, dict):
             raise BadRequestError(f"op {op['op']!r}: 'args' must be an object")
-        if op["op"] in (MIRROR_REGISTER, MIRROR_ACK, MIRROR_REMOVE, "tick"):
+        if op["op"] in (MIRROR_REGISTER, MIRROR_ACK, MIRROR_REMOVE, "tick", "expire_slices"):
             raise BadRequestError(f"op {op['op']!r} is not allowed here")
         prepared.append({"op": op["op"], "args": {**args, "uid": uid, "gid": gid}})
-    results = await node.raft.submit(request_id, prepared)
+    results = await commit(node, request_id, prepared)
     versions = [r["version"] for r in results if r.get("ok")]
     return json_response(
         {"request_id": request_id, "results": results, "version": max(versions, default=0)}
     )
+
+
+async def commit(
+    node: SourceNode, request_id: str, ops: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Submit a request and return its per-op results, the first answer for a retry.
+
+    Raises what the Raft bridge raises (NotLeaderError, QuorumUnavailableError: retry with
+    the same request_id), and the Refused error (RequestExpiredError, BadRequestError)."""
+    return await answer(node, request_id, await node.raft.submit(request_id, ops))
+
+
+async def answer(node: SourceNode, request_id: str, outcome: Outcome) -> list[dict[str, Any]]:
+    if isinstance(outcome, Refused):
+        raise outcome.error
+    if not isinstance(outcome, Replayed):
+        return outcome
+    # A retry of a committed request: its records are the answer (in the in-state tail, or
+    # in the segment log once the tail has moved on).
+    first, end = outcome.first_version, outcome.first_version + outcome.count
+    records: list[Record] = []
+    try:
+        while first + len(records) < end:
+            frames = await frames_at(node, first + len(records))
+            if not frames:
+                raise QuorumUnavailableError(
+                    f"records {first}..{end - 1} are applied but not readable yet: retry"
+                )
+            decoder = FrameDecoder()
+            records.extend(r for r in decoder.feed(b"".join(frames)) if r.version < end)
+            decoder.finish()
+    except VersionGoneError:
+        raise RequestExpiredError(
+            f"request {request_id} was applied once, as versions {first}..{end - 1}, whose "
+            "records are below retention now: its answer cannot be rebuilt, and it is not "
+            "applied again",
+            request_id=request_id,
+        ) from None
+    return results_from_records(records)
 
 
 async def get_meta(request: web.Request) -> web.Response:
@@ -102,7 +174,8 @@ async def get_meta(request: web.Request) -> web.Response:
     verb = request.match_info["verb"]
     min_version = int_param(request, "min_version", 0)
     if request.query.get("leader") in ("1", "true"):
-        node.raft.require_leader()
+        node.raft.require_leader()  # a follower refuses at once; the barrier proves the rest
+        await node.raft.read_barrier(timeout_s=DEFAULT_READ_WAIT_S)
     if min_version and not await node.wait_version(min_version, DEFAULT_READ_WAIT_S):
         raise QuorumUnavailableError(
             f"node did not reach version {min_version} within {DEFAULT_READ_WAIT_S:.0f}s"
@@ -125,13 +198,44 @@ async def get_meta(request: web.Request) -> web.Response:
             )
             result = [{"name": name, "attr": attr.to_dict()} for name, attr in entries]
         elif verb == "chunk":
-            ino, index = int_param(request, "ino"), int_param(request, "index")
-            slices = ns.chunk_slices(ino, index)
-            checksums = {s.id: list(ns.slice_info(s.id).checksums) for s in slices}
-            result = {"slices": [s.to_dict() for s in slices], "checksums": checksums}
+            result = _chunk_map(ns, int_param(request, "ino"), int_param(request, "index"))
+        elif verb == "file":
+            inode = ns.lookup(_path(request), uid=uid, gid=gid)
+            offset = int_param(request, "offset", 0)
+            length = int_param(request, "length", -1)
+            result = {
+                "attr": inode.to_dict(),
+                "chunks": {
+                    index: _chunk_map(ns, inode.ino, index)
+                    for index in _chunk_range(inode, offset, None if length < 0 else length)
+                },
+            }
         else:
             raise BadRequestError(f"unknown metadata verb {verb!r}")
     return json_response({"version": version, "result": result})
+
+
+def _chunk_map(ns: Namespace, ino: int, index: int) -> dict[str, Any]:
+    slices = ns.chunk_slices(ino, index)
+    checksums = {s.id: list(ns.slice_info(s.id).checksums) for s in slices}
+    return {"slices": [s.to_dict() for s in slices], "checksums": checksums}
+
+
+def _chunk_range(inode: Inode, offset: int, length: int | None) -> range:
+    """The chunk indexes a read of [offset, offset+length) needs, clipped at the file's size
+    (nothing for a directory or symlink: the reader refuses those by their attr)."""
+    if offset < 0 or (length is not None and length < 0):
+        raise BadRequestError("'offset' and 'length' must be >= 0")
+    end = inode.size if length is None else min(inode.size, offset + length)
+    if not inode.is_file or end <= offset:
+        return range(0)
+    chunks = range(offset // CHUNK_SIZE, (end - 1) // CHUNK_SIZE + 1)
+    if len(chunks) > MAX_CHUNKS_PER_FILE_READ:
+        raise BadRequestError(
+            f"a file read resolves at most {MAX_CHUNKS_PER_FILE_READ} chunks"
+            f" ({MAX_CHUNKS_PER_FILE_READ * CHUNK_SIZE >> 40} TiB) at once; read in ranges"
+        )
+    return chunks
 
 
 def _path(request: web.Request) -> str:
@@ -170,9 +274,21 @@ async def get_changelog(request: web.Request) -> web.StreamResponse:
 
 
 async def frames_at(node: SourceNode, version: int) -> list[bytes]:
+    """Frames from `version` on; [] only when the node has not applied `version` yet.
+
+    Raises VersionGoneError below retention, and ChangelogUnavailableError when the node has
+    applied `version` but neither its in-memory tail nor its segments hold it (a segment
+    writer that fell behind or failed): the reader goes to another node instead of this loop
+    waiting for a record that is already applied (it used to spin here forever)."""
     frames = node.frames_recent(version)
     if frames is None:  # older than the in-memory tail: segment files, off the event loop
         frames = await asyncio.to_thread(node.frames_from, version)
+        if not frames and version <= node.version:
+            why = node.segment_error or "its changelog segments are behind"
+            raise ChangelogUnavailableError(
+                f"node {node.node_id} applied record {version} but cannot serve it ({why})",
+                hint="another node serves the stream",
+            )
     return frames
 
 
@@ -199,7 +315,7 @@ async def mirror_op(request: web.Request) -> web.Response:
         op = {"op": MIRROR_ACK, "args": {"name": name, "version": body.get("version")}}
     else:
         op = {"op": MIRROR_REGISTER, "args": {"name": name}}
-    [result] = await node.raft.submit(uuid.uuid4().hex, [op])
+    [result] = await commit(node, new_request_id(), [op])
     if not result["ok"]:
         err = result["error"]
         if err.get("error") == "MirrorRemovedError":
@@ -223,21 +339,23 @@ REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 
 
 def build_app(node: SourceNode) -> web.Application:
+    verifier = TokenVerifier.from_secret(node.cfg.secret, admin_token=node.cfg.token)
     app = web.Application(
-        middlewares=[bearer_auth(node.cfg.token, service="api"), json_errors(service="api")],
+        middlewares=[bearer_auth(verifier, service="api"), json_errors(service="api")],
         client_max_size=64 * 1024 * 1024,
     )
     app[NODE_KEY] = node
     registry = CollectorRegistry()
     registry.register(NodeCollector(node))
     app[REGISTRY_KEY] = registry
-    app.router.add_post("/v1/ops", post_ops)
-    app.router.add_get("/v1/meta/{verb}", get_meta)
-    app.router.add_get("/v1/changelog", get_changelog)
-    app.router.add_get("/v1/snapshot", get_snapshot)
-    app.router.add_post("/v1/mirrors/{name}", mirror_op)
-    app.router.add_post("/v1/mirrors/{name}/{action:ack}", mirror_op)
-    app.router.add_delete("/v1/mirrors/{name}", mirror_op)
-    app.router.add_get("/v1/status", get_status)
+    # Who may call what (admin may call everything): see the module docstring.
+    add_route(app, "POST", "/v1/ops", post_ops, allow=[CLIENT_RW])
+    add_route(app, "GET", "/v1/meta/{verb}", get_meta, allow=[CLIENT_RW, CLIENT_RO])
+    add_route(app, "GET", "/v1/changelog", get_changelog, allow=[ANY_MIRROR])
+    add_route(app, "GET", "/v1/snapshot", get_snapshot, allow=[ANY_MIRROR])
+    add_route(app, "POST", "/v1/mirrors/{name}", mirror_op)  # register: admin only
+    add_route(app, "POST", "/v1/mirrors/{name}/{action:ack}", mirror_op, allow=[OWN_MIRROR])
+    add_route(app, "DELETE", "/v1/mirrors/{name}", mirror_op, allow=[OWN_MIRROR])
+    add_route(app, "GET", "/v1/status", get_status, allow=[ANY_MIRROR])
     app.router.add_get("/metrics", get_metrics)
     return app

@@ -5,9 +5,14 @@ volume/effects.py) makes their blocks garbage, but older records still name them
 that has not applied the record may still copy them, and a client that resolved a path before
 it may still read them (a mirror client falls back to this bucket). So the blocks of a slice
 freed at version V are deleted only once every registered mirror has acked >= V *and*
-`grace_s` has passed since V's ts. With no mirror registered only the grace applies; removing
-a mirror releases its hold. The barrier is monotone in V (acks only grow, ts never decreases),
-so garbage is released strictly in version order.
+`grace_s` has passed since then: since this node saw the last of those acks (or, with no
+mirror registered, saw the record), on this node's own clock. Not since V's ts: that comes
+from whichever node proposed the record, and a mirror that lagged past the grace would have
+its readers' blocks deleted the instant it acked. The barrier is monotone in V (acks only
+grow; a mirror registers acked at the head), so garbage is released strictly in version order.
+
+When the barrier passed is kept in memory only: after a restart, or on a new leader, the grace
+starts again from when that node saw it pass, which only ever deletes later, never sooner.
 
 Every node runs a `SourceGc` over its own changelog segments; only the Raft leader deletes.
 Progress is a cursor: the lowest version whose garbage is not yet deleted. It is persisted in
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import time
@@ -165,6 +171,9 @@ class SourceGc:
         self._persisted_at = time.monotonic()
         self._scan = self._cursor  # next version to read from the segments
         self._pending: deque[Garbage] = deque()
+        # When (time.monotonic) this node saw the barrier pass for each of the first
+        # len(_released) entries of _pending: their grace runs from then.
+        self._released: deque[float] = deque()
         self._pending_blocks = 0
         self._pending_bytes = 0
         self.passes = 0
@@ -210,6 +219,8 @@ class SourceGc:
             "garbage_bytes": self._pending_bytes,
             "oldest_garbage_version": oldest.version if oldest else None,
             "oldest_garbage_age_s": round(max(0, now - oldest.ts) / 1000, 3) if oldest else None,
+            "past_barrier_records": len(self._released),
+            "oldest_garbage_due_in_s": self._due_in_s(),
             "held_by": held_by,
             "grace_s": self.grace_ms / 1000,
             "passes": self.passes,
@@ -220,6 +231,14 @@ class SourceGc:
             "leaked_records": self.leaked_records,
             "last_error": self.last_error,
         }
+
+    def _due_in_s(self) -> float | None:
+        """Seconds until the oldest garbage is due here; None while the barrier holds it."""
+        if not self._released:
+            return None
+        lag_s = 0 if self.is_leader() else self.follower_lag_ms / 1000
+        due = self._released[0] + self.grace_ms / 1000 + lag_s
+        return round(max(0.0, due - time.monotonic()), 3)
 
     # --- the loop ---
 
@@ -306,23 +325,26 @@ class SourceGc:
 
     # --- releasing ---
 
-    def _due(self, g: Garbage, now: int, min_acked: int | None, lag_ms: int) -> bool:
-        if min_acked is not None and min_acked < g.version:
-            return False
-        return now >= g.ts + self.grace_ms + lag_ms
+    def _mark_released(self, min_acked: int | None) -> None:
+        """Start the grace, on this node's clock, of the entries the barrier now lets pass."""
+        now = time.monotonic()
+        for g in itertools.islice(self._pending, len(self._released), None):
+            if min_acked is not None and min_acked < g.version:
+                return
+            self._released.append(now)
 
     async def _release(self) -> None:
         """Delete (leader) or just pass (others, after follower_lag) what the barrier let go."""
         while self._pending:
             leader = self.is_leader()
-            lag_ms = 0 if leader else self.follower_lag_ms
+            lag_s = 0 if leader else self.follower_lag_ms / 1000
             mirrors = self.state.mirror_table()
-            min_acked = min((int(m["acked"]) for m in mirrors.values()), default=None)
-            now = now_ms()
+            self._mark_released(min((int(m["acked"]) for m in mirrors.values()), default=None))
+            due_before = time.monotonic() - self.grace_ms / 1000 - lag_s
             batch: list[Garbage] = []
             blocks = 0
-            for g in self._pending:
-                if blocks >= DELETE_BATCH_BLOCKS or not self._due(g, now, min_acked, lag_ms):
+            for g, released in zip(self._pending, self._released, strict=False):
+                if blocks >= DELETE_BATCH_BLOCKS or released > due_before:
                     break
                 batch.append(g)
                 blocks += g.blocks
@@ -331,6 +353,7 @@ class SourceGc:
             done = await self._delete(batch) if leader else len(batch)
             for _ in range(done):
                 g = self._pending.popleft()
+                self._released.popleft()
                 self._pending_blocks -= g.blocks
                 self._pending_bytes -= g.size_bytes
             self._cursor = self._pending[0].version if self._pending else self._scan

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
+import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +25,9 @@ import structlog
 from changelog.gc import SourceGc
 from changelog.log import SegmentGapError, SegmentLog
 from changelog.raft import MetaState, RaftNode, make_conf, now_ms
+from changelog.sweeper import UploadSweeper
 from volume.config import VolumeConfig
-from volume.errors import VersionGoneError
+from volume.errors import ChangelogError, VersionGoneError
 from volume.records import TICK, Record, encode_frame
 
 log = structlog.get_logger(__name__)
@@ -31,6 +35,7 @@ log = structlog.get_logger(__name__)
 RETENTION_INTERVAL_S = 5.0
 SEGMENT_FSYNC_INTERVAL_S = 0.1
 READ_BATCH_BYTES = 1024 * 1024
+EXIT_IO_FATAL = 74  # EX_IOERR, as a failed journal fsync (changelog/raft/journal.py)
 
 
 class SourceNode:
@@ -51,7 +56,9 @@ class SourceNode:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed = asyncio.Event()
         self.started_at = time.time()
-        self.state = MetaState(on_records=self._on_records)
+        self.state = MetaState(
+            on_records=self._on_records, dedup_window_s=cfg.source.dedup_window_s
+        )
         api_by_raft = {n.raft: n.api for n in cfg.source.nodes}
         partners = [n.raft for n in cfg.source.nodes if n.id != node_id]
         conf = make_conf(
@@ -62,6 +69,9 @@ class SourceNode:
         )
         self.raft = RaftNode(self.me.raft, partners, conf, self.state, api_by_raft=api_by_raft)
         self.gc: SourceGc | None = None  # set by serve_node once the bucket is open
+        self.segment_error: str | None = None
+        self._on_fatal: Callable[[Exception], None] = _exit_on_io_error
+        self.sweeper: UploadSweeper | None = None  # likewise
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -85,7 +95,30 @@ class SourceNode:
         """Append what the Raft thread applied and hand it to the OS at once (readers see it);
         fsync at most every SEGMENT_FSYNC_INTERVAL_S. Segments are not the source of truth:
         after a crash, journal replay and the in-state tail refill whatever the last fsync
-        missed, so an fsync per commit would only compete with the Raft journal's fsyncs."""
+        missed, so an fsync per commit would only compete with the Raft journal's fsyncs.
+
+        An I/O error (ENOSPC, EIO, a failed fsync) stops the node loudly, as a failed journal
+        fsync does: a node that goes on committing while its changelog stops growing would
+        serve mirrors a log with a hole. Its peers keep the quorum and the stream; restarted
+        (with space), the node refills its segments from the journal."""
+        try:
+            self._write_segments()
+        except (OSError, ChangelogError) as exc:  # ChangelogError: a log failed by an earlier fsync
+            code = errno.errorcode.get(getattr(exc, "errno", None) or 0, "")
+            self.segment_error = f"{exc} ({code})" if code else str(exc)
+            log.critical(
+                "changelog.segment_write_failed",
+                node=self.node_id,
+                error=self.segment_error,
+                path=str(self.data_dir / "changelog"),
+            )
+            self._on_fatal(exc)
+        except Exception as exc:  # a bug: still never a silently dead writer
+            self.segment_error = repr(exc)
+            log.exception("changelog.segment_writer_crashed", node=self.node_id)
+            self._on_fatal(exc)
+
+    def _write_segments(self) -> None:
         last_sync = time.monotonic()
         while True:
             try:
@@ -254,6 +287,8 @@ class SourceNode:
             "mirrors": mirrors,
             "registrations_never_acked": never_acked(mirrors, now_ms()),
             "gc": self.gc.status() if self.gc else None,
+            "segment_error": self.segment_error,
+            "sweeper": self.sweeper.status() if self.sweeper else None,
             "uptime_s": round(time.time() - self.started_at, 1),
             "now_ms": now_ms(),
         }
@@ -264,9 +299,17 @@ class SourceNode:
         if self._seg_thread.is_alive():
             self._seg_thread.join(timeout=10)
         with self._seg_lock:
-            self._sync_segments()
-            self.segments.sync()
-            self.segments.close()
+            try:
+                if self.segment_error is None:  # a failed log refills from the journal on start
+                    self._sync_segments()
+                self.segments.close()
+            except (OSError, ChangelogError) as exc:
+                log.error("changelog.segment_close_failed", node=self.node_id, error=str(exc))
+                self.segments.close()  # closed even when its last sync failed; idempotent
+
+
+def _exit_on_io_error(exc: Exception) -> None:
+    os._exit(EXIT_IO_FATAL)
 
 
 def never_acked(mirrors: dict[str, dict[str, Any]], now: int) -> list[dict[str, Any]]:

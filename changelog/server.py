@@ -8,11 +8,13 @@ from urllib.parse import urlsplit
 import structlog
 from aiohttp import web
 
-from changelog.api import build_app
+from changelog.api import build_app, commit
 from changelog.gc import SourceGc
 from changelog.node import SourceNode
+from changelog.sweeper import UploadSweeper
 from objstore import open_store
 from volume.config import VolumeConfig
+from volume.request_ids import new_request_id
 
 log = structlog.get_logger(__name__)
 
@@ -30,6 +32,13 @@ async def serve_node(cfg: VolumeConfig, node_id: int, stop: asyncio.Event) -> No
         is_leader=lambda: node.raft.is_leader,
         grace_s=cfg.source.gc_grace_s,
     )
+    node.sweeper = UploadSweeper(
+        node.state,
+        store,
+        submit=lambda ops: commit(node, new_request_id(), ops),
+        is_leader=lambda: node.raft.is_leader,
+        grace_s=cfg.source.upload_grace_s,
+    )
     api = urlsplit(node.me.api)
     runner = web.AppRunner(build_app(node), access_log=None, handler_cancellation=True)
     try:
@@ -41,6 +50,7 @@ async def serve_node(cfg: VolumeConfig, node_id: int, stop: asyncio.Event) -> No
             tg.create_task(node.run_ticker(stop))
             tg.create_task(node.run_retention(stop))
             tg.create_task(node.gc.run(stop))
+            tg.create_task(node.sweeper.run(stop))
             await stop.wait()
     finally:
         await runner.cleanup()

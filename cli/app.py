@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cli import demo, files, mirror, source
+from cli import demo, files, mirror, source, tokens
 from cli.runtime import setup_logging
 
 app = typer.Typer(
@@ -40,6 +40,7 @@ source.register(app)
 files.register(app)
 mirror.register(app)
 demo.register(app)
+tokens.register(app)
 
 
 def main() -> None:

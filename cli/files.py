@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import posixpath
 import stat as stat_mod
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -14,6 +19,7 @@ import typer
 
 from cli.runtime import config, fail, run
 from fallback import FsClient
+from objstore.errors import StoreError
 
 T = TypeVar("T")
 
@@ -37,15 +43,19 @@ def put(
     ctx: typer.Context,
     local: Annotated[Path, typer.Argument(help="Local file to upload")],
     path: Annotated[str, typer.Argument(help="Destination path in the volume")],
+    no_parents: Annotated[
+        bool, typer.Option("--no-parents", help="Refuse instead of making missing parents")
+    ] = False,
 ) -> None:
-    """Upload a file: blocks to the source bucket first, then one metadata commit."""
+    """Upload a file: the destination is checked first, missing parent directories are made,
+    blocks go to the source bucket, then the metadata commit."""
     if not local.is_file():
         fail(f"{local}: not a regular file")
 
     async def go(c: FsClient) -> None:
         start = time.perf_counter()
         with open(local, "rb") as f:  # noqa: ASYNC230 - reads go through to_thread in write_file
-            res = await c.put(f, path)
+            res = await c.put(f, path, parents=not no_parents)
         secs = time.perf_counter() - start
         typer.echo(f"{path}: {res.size} bytes in {secs:.2f}s, committed at version {res.version}")
 
@@ -55,16 +65,85 @@ def put(
 def get(
     ctx: typer.Context,
     path: Annotated[str, typer.Argument()],
-    local: Annotated[Path, typer.Argument(help="Local destination file")],
+    local: Annotated[Path, typer.Argument(help="Local destination file, or a directory")],
 ) -> None:
-    """Download a file."""
+    """Download a file. Into an existing directory it writes DIR/NAME. The bytes go to a
+    temporary file beside the destination, renamed over it only once complete and synced: an
+    existing file is left as it was by any failure."""
+    target = local / posixpath.basename(path.rstrip("/")) if local.is_dir() else local
+    if not target.parent.is_dir():
+        fail(
+            f"{target.parent}: no such local directory",
+            hint="create it first (mkdir -p), or name an existing directory",
+        )
 
     async def go(c: FsClient) -> None:
-        with open(local, "wb") as out:  # noqa: ASYNC230 - local writes of received blocks
-            async for data in c.read(path):
-                out.write(data)
+        try:
+            async with LocalReplacement(target) as out:
+                async for data in c.read(path):
+                    await out.write(data)
+        except StoreError:
+            raise  # a bucket's NotFoundError is an OSError too: reported as the bucket's
+        except OSError as exc:  # the local side: a full disk, a read-only directory...
+            fail(f"{target}: {exc.strerror or exc}", hint=f"{target} is unchanged")
 
     with_client(ctx, go)
+
+
+class LocalReplacement:
+    """A local file written whole or not at all: bytes go to a hidden temporary file in the
+    same directory (so the rename cannot cross file systems); on a clean exit it is fsync'd,
+    given the mode of the file it replaces (or the umask's), renamed over the target and the
+    directory fsync'd; on any error it is removed and the target is untouched."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self._fd = -1
+        self._tmp = ""
+
+    async def __aenter__(self) -> LocalReplacement:
+        self._fd, self._tmp = await asyncio.to_thread(
+            tempfile.mkstemp,
+            prefix=f".{self.target.name[:100]}.",
+            suffix=".mirrorfs-get",
+            dir=self.target.parent,
+        )
+        return self
+
+    async def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = await asyncio.to_thread(os.write, self._fd, view)
+            view = view[n:]
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            if exc_type is None:
+                await asyncio.to_thread(self._commit)
+        finally:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._tmp)  # gone after a rename; removed after a failure
+
+    def _commit(self) -> None:
+        try:
+            mode = stat_mod.S_IMODE(self.target.stat().st_mode)
+        except FileNotFoundError:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.fchmod(self._fd, mode)
+        os.fsync(self._fd)  # the bytes are on disk before the name points at them
+        os.close(self._fd)
+        self._fd = -1
+        os.replace(self._tmp, self.target)
+        dir_fd = os.open(self.target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # and the rename itself survives a crash
+        finally:
+            os.close(dir_fd)
 
 
 def cat(ctx: typer.Context, path: Annotated[str, typer.Argument()]) -> None:

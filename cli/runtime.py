@@ -79,6 +79,6 @@ def run_until_signalled(main: Callable[[asyncio.Event], Coroutine[Any, Any, T]])
 def config(ctx: typer.Context) -> VolumeConfig:
     path = ctx.obj.get("config") if ctx.obj else None
     try:
-        return load_config(path)
+        return load_config(path, on_warning=lambda line: typer.echo(f"warning: {line}", err=True))
     except ChangelogError as exc:
         fail(exc.message, exc.hint)

@@ -94,7 +94,7 @@ def init(
     directory.mkdir(parents=True, exist_ok=True)
     cfg = new_volume(directory, nodes=nodes, bucket=bucket, name=name)
     write_config(cfg, path)
-    typer.echo(f"wrote {path} (volume {cfg.name!r}, {nodes} node(s))")
+    typer.echo(f"wrote {path} (volume {cfg.name!r}, {nodes} node(s); mode 0600: it holds secrets)")
     typer.echo(
         f"start each node:  mirrorfs --config {path} source serve --node N   (N = 1..{nodes})"
     )

@@ -16,7 +16,7 @@ from typing import BinaryIO
 from fallback.reader import DEFAULT_READAHEAD, iter_pieces, plan_reads
 from fallback.source_view import SourceView
 from fallback.view import MetadataView
-from fallback.writer import DEFAULT_UPLOAD_CONCURRENCY, WriteResult, write_file
+from fallback.writer import DEFAULT_UPLOAD_CONCURRENCY, WritePolicy, WriteResult, write_file
 from objstore import ConcurrencyLayer, ObjectStore, open_store
 from volume.client import SourceClient
 from volume.config import VolumeConfig
@@ -33,6 +33,7 @@ class FsClient:
         view: MetadataView | None = None,
         uid: int | None = None,
         gid: int | None = None,
+        write_policy: WritePolicy | None = None,
     ) -> None:
         self.source = source
         self.store = store
@@ -40,6 +41,7 @@ class FsClient:
         self.gid = os.getgid() if gid is None else gid
         self.view: MetadataView = view or SourceView(source, uid=self.uid, gid=self.gid)
         self.seen_version = 0
+        self.write_policy = write_policy or WritePolicy()
 
     @classmethod
     async def for_source(
@@ -47,7 +49,9 @@ class FsClient:
     ) -> FsClient:
         store = await open_store(cfg.source.bucket, name="source")
         limited = ConcurrencyLayer(store, DEFAULT_UPLOAD_CONCURRENCY)
-        return cls(SourceClient(cfg.api_urls, cfg.token), limited, uid=uid, gid=gid)
+        policy = WritePolicy.for_grace(cfg.source.upload_grace_s)
+        source = SourceClient(cfg.api_urls, cfg.token)
+        return cls(source, limited, uid=uid, gid=gid, write_policy=policy)
 
     async def aclose(self) -> None:
         await self.source.aclose()
@@ -67,8 +71,20 @@ class FsClient:
         self._saw(int(res["version"]))
         return int(res["version"])
 
-    async def put(self, f: BinaryIO, path: str) -> WriteResult:
-        result = await write_file(self.source, self.store, path, f, uid=self.uid, gid=self.gid)
+    async def put(self, f: BinaryIO, path: str, *, parents: bool = True) -> WriteResult:
+        """Replace `path` with `f`'s bytes, making missing parents unless `parents` is off; see
+        fallback/writer.py for what is checked first and what a failure leaves behind."""
+        result = await write_file(
+            self.source,
+            self.store,
+            path,
+            f,
+            uid=self.uid,
+            gid=self.gid,
+            parents=parents,
+            policy=self.write_policy,
+            min_version=self.seen_version,
+        )
         self._saw(result.version)
         return result
 
@@ -112,14 +128,19 @@ class FsClient:
     async def read(
         self, path: str, *, offset: int = 0, length: int | None = None
     ) -> AsyncIterator[bytes]:
-        """The file's bytes from `offset`, streamed in block-sized pieces."""
-        version, inode = await self.view.lookup(path, min_version=self.seen_version)
-        self._saw(version)
+        """The file's bytes from `offset`, streamed in block-sized pieces: the bytes of exactly
+        one committed version (inode and chunk maps resolved together; the blocks of slices
+        freed after that stay readable for the GC grace, see README "Reads")."""
+        file = await self.view.resolve_file(
+            path, offset=offset, length=length, min_version=self.seen_version
+        )
+        self._saw(file.version)
+        inode = file.inode
         if not inode.is_file:
             why = "is a directory" if inode.is_dir else "not a regular file"
             raise FsError(errno.EISDIR, why, path=path)
         want = inode.size - offset if length is None else length
-        pieces = await plan_reads(self.view, inode, offset, want, min_version=version)
+        pieces = plan_reads(file, offset, want)
         async for data in iter_pieces(self.store, pieces, readahead=DEFAULT_READAHEAD):
             yield data
 

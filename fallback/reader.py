@@ -11,15 +11,16 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from fallback.view import ChunkMap, MetadataView
+from fallback.view import ChunkMap, FileVersion
 from objstore import ObjectStore
 from objstore.checksum import checksum
 from objstore.errors import ChecksumError
 from objstore.keys import block_key
 from volume.extents import block_ranges, visible_extents
-from volume.inode import CHUNK_SIZE, Extent, Inode
+from volume.inode import CHUNK_SIZE, Extent
 
 DEFAULT_READAHEAD = 16
+EMPTY_CHUNK = ChunkMap([])
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,10 +35,10 @@ class Piece:
     checksum: str = ""
 
 
-async def plan_reads(
-    view: MetadataView, inode: Inode, offset: int, length: int, *, min_version: int = 0
-) -> list[Piece]:
-    """The pieces covering [offset, offset+length) of the file, clipped at its size."""
+def plan_reads(file: FileVersion, offset: int, length: int) -> list[Piece]:
+    """The pieces covering [offset, offset+length) of the file, clipped at its size, from the
+    chunk maps of one version (a chunk absent from `file.chunks` reads as zeros)."""
+    inode = file.inode
     end = min(inode.size, offset + length)
     pieces: list[Piece] = []
     pos = offset
@@ -45,7 +46,7 @@ async def plan_reads(
         index = pos // CHUNK_SIZE
         chunk_start = index * CHUNK_SIZE
         chunk_len = min(CHUNK_SIZE, inode.size - chunk_start)
-        cmap: ChunkMap = await view.chunk(inode.ino, index, min_version=min_version)
+        cmap = file.chunks.get(index, EMPTY_CHUNK)
         for ext in visible_extents(cmap.slices, chunk_len):
             a = max(pos, chunk_start + ext.pos)
             b = min(end, chunk_start + ext.pos + ext.length)

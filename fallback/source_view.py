@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fallback.view import ChunkMap
+from typing import Any
+
+from fallback.view import ChunkMap, FileVersion
 from volume.client import SourceClient
 from volume.inode import Inode, SliceRef
 
@@ -35,7 +37,26 @@ class SourceView:
 
     async def chunk(self, ino: int, index: int, *, min_version: int = 0) -> ChunkMap:
         _, data = await self.client.meta("chunk", ino=ino, index=index, min_version=min_version)
-        return ChunkMap(
-            [SliceRef.from_dict(s) for s in data["slices"]],
-            {int(k): list(v) for k, v in data["checksums"].items()},
+        return _chunk_map(data)
+
+    async def resolve_file(
+        self, path: str, *, offset: int = 0, length: int | None = None, min_version: int = 0
+    ) -> FileVersion:
+        version, data = await self.client.meta(
+            "file",
+            path=path,
+            offset=offset,
+            length=-1 if length is None else length,  # -1: to the end of the file
+            uid=self.uid,
+            gid=self.gid,
+            min_version=min_version,
         )
+        chunks = {int(k): _chunk_map(v) for k, v in data["chunks"].items()}
+        return FileVersion(version, Inode.from_dict(data["attr"]), chunks)
+
+
+def _chunk_map(data: dict[str, Any]) -> ChunkMap:
+    return ChunkMap(
+        [SliceRef.from_dict(s) for s in data["slices"]],
+        {int(k): list(v) for k, v in data["checksums"].items()},
+    )

@@ -20,6 +20,17 @@ class ChunkMap:
     checksums: dict[int, list[str]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class FileVersion:
+    """A file as one version of the metadata saw it: its inode and the chunk maps a read of
+    some range needs, all from the same state (never an inode of one version with chunks of
+    another: that mix returned bytes no version ever held)."""
+
+    version: int
+    inode: Inode
+    chunks: dict[int, ChunkMap] = field(default_factory=dict)  # absent index: an empty chunk
+
+
 class MetadataView(Protocol):
     """Read-only metadata of one region. `version` is the state the answers came from."""
 
@@ -32,3 +43,10 @@ class MetadataView(Protocol):
     ) -> tuple[int, list[tuple[str, Inode]]]: ...
 
     async def chunk(self, ino: int, index: int, *, min_version: int = 0) -> ChunkMap: ...
+
+    async def resolve_file(
+        self, path: str, *, offset: int = 0, length: int | None = None, min_version: int = 0
+    ) -> FileVersion:
+        """The inode at `path` and the chunk maps covering [offset, offset+length) (clipped at
+        its size; None = to the end), at one version >= min_version. FsError as lookup."""
+        ...

@@ -34,6 +34,7 @@ from objstore import open_store
 from volume.client import SourceClient
 from volume.config import MirrorConfig, VolumeConfig, write_config
 from volume.errors import ChangelogError, MirrorRemovedError
+from volume.tokens import MIRROR_PREFIX, mint_token, token_key
 
 log = structlog.get_logger(__name__)
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -74,7 +75,12 @@ async def create_mirror(
     on_step(f"checking the mirror bucket {mcfg.bucket}")
     store = await open_store(mcfg.bucket, name="mirror")
     await store.aclose()
+    if not mcfg.token:  # the mirror's own token, recorded with it: its daemon uses no other
+        mcfg = mcfg.model_copy(
+            update={"token": mint_token(token_key(cfg.secret), MIRROR_PREFIX + name)}
+        )
     on_step("checking the source region")
+    # Registering is an operator's (admin) act; the mirror's own token is for following.
     async with SourceClient(cfg.api_urls, cfg.token, retry_s=10) as source:
         status = await _check_source(cfg, source)
         stale = _stale_registration(status, name)

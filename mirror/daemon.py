@@ -45,6 +45,7 @@ async def run_region(region: MirrorRegion, stop: asyncio.Event) -> None:
     source says the mirror was removed."""
     async with (
         open_database(region, max_size=DAEMON_POOL_SIZE, who=f"mirror run {region.name}") as db,
+        # The mirror's own token: it may stream, snapshot, read status and ack this mirror only.
         SourceClient(list(region.source_api_urls), region.token) as source,
     ):
         await db.migrate()
@@ -59,7 +60,7 @@ async def run_region(region: MirrorRegion, stop: asyncio.Event) -> None:
             return await region_status(region, follower.status, replicator.queue, replicator, gc)
 
         api = urlsplit(region.api)
-        runner = web.AppRunner(build_app(region.token, status), access_log=None)
+        runner = web.AppRunner(build_app(region.verifier, region.name, status), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, api.hostname or "127.0.0.1", api.port or 80).start()
         log.info("mirror.running", mirror=region.name, api=region.api)

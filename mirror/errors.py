@@ -44,6 +44,16 @@ class ApplyGapError(MirrorError):
         self.got = got
 
 
+class PartialRequestError(MirrorError):
+    """A batch ends inside a request (its last record does not end its request), or a request
+    runs longer than any the source makes; nothing was applied. Applying it would show half a
+    request in the replica."""
+
+    def __init__(self, message: str, *, version: int) -> None:
+        super().__init__(message, hint="hand the applier whole requests only")
+        self.version = version
+
+
 class MalformedRecordError(MirrorError):
     """A record's op is unknown or its effect lacks a field or has a wrong type; the batch
     holding it was not applied."""

@@ -10,12 +10,16 @@ next pass. Deleting is idempotent, so two GC processes on one replica, or a cras
 object delete and the row delete, only repeat work.
 
 Times are PostgreSQL's (`now()` against `freed_at`), one clock for both ends of the grace.
+
+Every `orphan_interval_s` the service also sweeps copies no row names at all (mirror/orphans.py:
+a copy that landed after its slice was freed and its queue row was done), older than the grace.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +27,7 @@ import structlog
 
 from mirror.db import Database
 from mirror.errors import MirrorError
+from mirror.orphans import OrphanSweep
 from objstore.base import ObjectStore
 from objstore.errors import StoreError
 from objstore.keys import block_key
@@ -32,6 +37,7 @@ log = structlog.get_logger(__name__)
 DEFAULT_INTERVAL_S = 5.0
 DEFAULT_BATCH_BLOCKS = 1_000
 DEFAULT_DELETE_CONCURRENCY = 16
+DEFAULT_ORPHAN_INTERVAL_S = 3600.0  # a whole listing of the bucket: hourly is plenty
 
 _DUE = (
     "g.freed_version <= (SELECT applied_version FROM watermark)"
@@ -84,6 +90,7 @@ class MirrorGc:
         interval_s: float = DEFAULT_INTERVAL_S,
         batch_blocks: int = DEFAULT_BATCH_BLOCKS,
         delete_concurrency: int = DEFAULT_DELETE_CONCURRENCY,
+        orphan_interval_s: float = DEFAULT_ORPHAN_INTERVAL_S,
     ) -> None:
         self.db = db
         self.store = store
@@ -97,13 +104,20 @@ class MirrorGc:
         self.delete_errors_total = 0
         self.skipped_live_total = 0
         self.last_error: str | None = None
+        self.orphans = OrphanSweep(db, store, grace_s, delete_concurrency=delete_concurrency)
+        self.orphan_interval_s = orphan_interval_s
 
     async def run(self, stop: asyncio.Event) -> None:
-        """A pass every `interval_s` until `stop`; failures are retried next pass (and shown in
-        `status`), never fatal."""
+        """A pass every `interval_s`, an orphan sweep every `orphan_interval_s` (the first one
+        an interval after the start), until `stop`; failures are retried next pass (and shown
+        in `status`), never fatal."""
+        orphans_due = time.monotonic() + self.orphan_interval_s
         while not stop.is_set():
             try:
                 await self.run_pass(stop)
+                if time.monotonic() >= orphans_due and not stop.is_set():
+                    orphans_due = time.monotonic() + self.orphan_interval_s
+                    await self.orphans.run_pass()
             except (MirrorError, StoreError) as exc:
                 self.last_error = str(exc)
                 log.warning("mirror.gc_failed", error=str(exc))
@@ -213,4 +227,5 @@ class MirrorGc:
             "delete_errors_total": self.delete_errors_total,
             "skipped_live_total": self.skipped_live_total,
             "last_error": self.last_error,
+            "orphans": self.orphans.status(),
         }

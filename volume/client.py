@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -28,6 +27,7 @@ from volume.errors import (
     from_wire,
 )
 from volume.records import FrameDecoder, Record
+from volume.request_ids import new_request_id
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -44,9 +44,12 @@ class OpsResult:
     version: int
 
     def raise_first_error(self) -> None:
-        for r in self.results:
-            if not r.get("ok"):
-                raise from_wire(r["error"], 409)
+        """Raise the error of the op that failed (a request is all or nothing: the other ops
+        carry "not_applied" and an ECANCELED error naming it)."""
+        failed = [r for r in self.results if not r.get("ok")]
+        if failed:
+            culprit = next((r for r in failed if not r.get("not_applied")), failed[0])
+            raise from_wire(culprit["error"], 409)
 
 
 class SourceUnreachableError(QuorumUnavailableError):
@@ -150,8 +153,14 @@ class SourceClient:
         gid: int = 0,
         request_id: str | None = None,
     ) -> OpsResult:
-        """Commit a batch; per-op results (an op's FsError is in its result, not raised)."""
-        rid = request_id or uuid.uuid4().hex
+        """Commit one request, all its ops or none; per-op results (a failed op's FsError is in
+        its result, not raised; see OpsResult.raise_first_error).
+
+        One request id (volume/request_ids.py: it carries its creation time) is minted per call
+        and sent on every retry, so a retry after a lost answer gets the first answer back.
+        Raises RequestExpiredError if the source's dedup window passed before an answer came
+        (then the request may or may not have committed: look before sending it anew)."""
+        rid = request_id or new_request_id()
         body = {"request_id": rid, "ops": ops, "uid": uid, "gid": gid}
 
         async def call(url: str) -> Any:

@@ -3,20 +3,30 @@
 Every command finds the volume through it (`--config` or `MIRRORFS_CONFIG`). Relative paths in it
 are relative to the file, so a demo directory can be moved whole. Unknown keys are errors: a
 typo must not silently fall back to a default. Errors name the file and the key.
+
+The file holds secrets (the admin token, the Raft `secret` that also signs every token, the
+mirrors' own tokens, DSN passwords): it is written 0600, and loading one that group or others
+may read is a warning (not an error: the operator may have reasons, but should know).
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import stat
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from volume.errors import ConfigError
+from volume.tokens import TokenVerifier
+
+log = structlog.get_logger(__name__)
 
 CONFIG_ENV = "MIRRORFS_CONFIG"
 CONFIG_NAME = "mirrorfs.toml"
@@ -24,6 +34,13 @@ DEFAULT_TICK_INTERVAL_S = 0.2
 DEFAULT_RETENTION_MIN_S = 2 * 3600.0
 DEFAULT_RETENTION_MIN_RECORDS = 100_000
 DEFAULT_WINDOW_S = 5.0
+CONFIG_MODE = 0o600  # owner read/write only: the file holds the volume's secrets
+# How long the source remembers a committed request, so a retry gets the first answer instead
+# of applying it twice (a retry after it is refused). It must outlast every client's retry
+# budget (volume/client.py DEFAULT_RETRY_S, 30 s) with room for clock skew and stalls; memory
+# costs ~150 bytes per request remembered (changelog/raft/dedup.py), ~90 MB at 1000 requests/s.
+DEFAULT_DEDUP_WINDOW_S = 600.0
+DEFAULT_UPLOAD_GRACE_S = 3600.0
 
 
 class _Strict(BaseModel):
@@ -56,7 +73,16 @@ class SourceConfig(_Strict):
     retention_max_records: int = Field(default=0, ge=0)
     segment_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
     gc_grace_s: float = Field(default=3600.0, ge=0)
+    # Slice ids a client reserved and never committed expire this long after they were
+    # reserved, and the upload sweeper then deletes their blocks (a client that died between
+    # upload and commit). It must outlast any one upload-to-commit span: a put commits at least
+    # every quarter of it (fallback/writer.py), and a late commit of an expired id is refused.
+    # The same age makes a put's abandoned temporary file removable by the next put.
+    upload_grace_s: float = Field(default=DEFAULT_UPLOAD_GRACE_S, gt=0)
     compaction_min_entries: int = Field(default=50_000, ge=10)
+    # See DEFAULT_DEDUP_WINDOW_S; keep it below retention_min_s, since a retry's answer is
+    # rebuilt from the changelog records of the first attempt.
+    dedup_window_s: float = Field(default=DEFAULT_DEDUP_WINDOW_S, gt=0)
 
     @field_validator("nodes")
     @classmethod
@@ -73,6 +99,11 @@ class MirrorConfig(_Strict):
     data_dir: str
     dsn: str = Field(default="", description="PostgreSQL DSN; empty: an embedded server")
     window_s: float = Field(default=DEFAULT_WINDOW_S, ge=0)
+    token: str = Field(
+        default="",
+        description="this mirror's own `mirror:NAME` token (minted by `mirror create`) for the "
+        "source API; empty (a mirror created before scopes): the volume's admin token",
+    )
 
 
 class VolumeConfig(_Strict):
@@ -80,8 +111,10 @@ class VolumeConfig(_Strict):
     # Minted by `init` (the name plus random hex), so two volumes that share a name are still
     # told apart: a mirror's database is stamped with it. "" in files written before it existed.
     id: str = Field(default="", max_length=128, pattern=r"^([a-z0-9][a-z0-9-]*)?$")
-    token: str = Field(min_length=16, description="bearer token of every HTTP API")
-    secret: str = Field(min_length=16, description="Raft password: encrypts the peer port")
+    token: str = Field(min_length=16, description="the admin token of every HTTP API")
+    secret: str = Field(
+        min_length=16, description="Raft password (encrypts the peer port); signs every token"
+    )
     source: SourceConfig
     mirrors: dict[str, MirrorConfig] = Field(default_factory=dict)
     path: Path | None = Field(default=None, exclude=True)
@@ -114,6 +147,10 @@ class VolumeConfig(_Strict):
     def api_urls(self) -> list[str]:
         return [n.api for n in self.source.nodes]
 
+    def token_verifier(self) -> TokenVerifier:
+        """What every HTTP service of the volume checks bearer tokens with."""
+        return TokenVerifier.from_secret(self.secret, admin_token=self.token)
+
     def mirror_region(self, name: str) -> MirrorRegion:
         """Everything a mirror region's processes need, resolved once (ConfigError if there
         is no such mirror): pass this value down instead of the file and a name."""
@@ -122,7 +159,8 @@ class VolumeConfig(_Strict):
             name=name,
             volume=self.name,
             volume_id=self.id,
-            token=self.token,
+            token=m.token or self.token,
+            verifier=self.token_verifier(),
             source_api_urls=tuple(self.api_urls),
             source_bucket=self.source.bucket,
             gc_grace_s=self.source.gc_grace_s,
@@ -141,7 +179,8 @@ class MirrorRegion:
     name: str
     volume: str
     volume_id: str  # "" for a volume whose config predates volume ids
-    token: str
+    token: str = field(repr=False)  # this mirror's own token, for the source API
+    verifier: TokenVerifier = field(repr=False)  # for the region's own status API
     source_api_urls: tuple[str, ...]
     source_bucket: str
     gc_grace_s: float
@@ -184,9 +223,19 @@ def parse_config(data: dict[str, Any], path: Path | None = None) -> VolumeConfig
     return cfg.model_copy(update={"path": path.resolve() if path else None})
 
 
-def load_config(explicit: str | Path | None = None) -> VolumeConfig:
-    """Read and validate the topology file. Raises ConfigError naming the file and key."""
+def load_config(
+    explicit: str | Path | None = None, *, on_warning: Callable[[str], None] | None = None
+) -> VolumeConfig:
+    """Read and validate the topology file. Raises ConfigError naming the file and key.
+
+    A file that group or others may read is logged (`config.readable_by_others`) and also
+    handed to `on_warning` as one line (the CLI prints it); it still loads."""
     path = find_config_path(explicit)
+    warning = readable_by_others(path)
+    if warning:
+        log.warning("config.readable_by_others", path=str(path), fix=f"chmod 600 {path}")
+        if on_warning:
+            on_warning(warning)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -225,10 +274,33 @@ def dump_config(cfg: VolumeConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
+def readable_by_others(path: Path) -> str | None:
+    """A one-line warning if group or others may read or write `path`, else None (also when
+    it cannot be stat'ed: reading it will say why)."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return None
+    if not mode & 0o077:
+        return None
+    return (
+        f"{path} is mode {mode:04o}: other users may read the volume's tokens and secret; "
+        f"fix: chmod 600 {path}"
+    )
+
+
 def write_config(cfg: VolumeConfig, path: Path) -> None:
-    """Atomically (re)write the file: a crash leaves the old file or the new one."""
+    """Atomically (re)write the file, mode 0600: a crash leaves the old file or the new one.
+
+    The temporary file is made 0600 before a byte of it is written (fchmod, since a stale tmp
+    file left by a crash keeps its old mode through O_CREAT, and a umask can only narrow)."""
     tmp = path.with_suffix(".toml.tmp")
-    tmp.write_text(dump_config(cfg))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, CONFIG_MODE)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), CONFIG_MODE)
+        f.write(dump_config(cfg))
+        f.flush()
+        os.fsync(f.fileno())  # the rename must not publish an empty file after a power loss
     os.replace(tmp, path)
 
 

@@ -6,6 +6,19 @@ re-deriving anything. `EFFECTS` maps each op to the steps its effect takes, in o
 batch of row changes (mirror/follow/changes.py) are the two sinks. Neither side decides the
 order of steps: this table does, so the two cannot drift apart.
 
+Requests are the unit of change
+-------------------------------
+A client request is a list of ops (a `put` is create + truncate + writes on one path) that
+commits all or nothing. The source plans op k on the namespace as ops 1..k-1 left it, so it
+plans and applies them in order inside one transaction of its tables (undo journal:
+changelog/namespace/tables.py) and rolls everything back if any op fails: a failed request
+changes nothing, frees nothing, emits no record. A committed request yields one record per
+op, contiguous versions and one `ts`; its last record has `ends_request` set
+(volume/records.py). Each effect below still applies on its own, in version order; what a
+sink adds is where it may stop: the mirror applies whole requests only, each batch of
+requests plus the watermark in one PostgreSQL transaction (mirror/follow/applier.py refuses
+a batch that stops inside a request), so no region ever shows half a request.
+
 Shapes used below
 -----------------
 attr         Inode.to_dict(): {"ino", "kind" ("file"|"dir"|"symlink"), "mode" (perm bits,
@@ -59,16 +72,26 @@ rename           {"noop": bool, "ino", "src_parent", "src_name", "dst_parent", "
                  overwrite it); unlink (src_parent, src_name); link (dst_parent, dst_name) ->
                  ino; overwrite the moved inode with `attr` (ctime) and both parents (src first,
                  then dst: when they are the same directory the two attrs are equal); free.
-alloc_slices     {"first", "count"}: ids [first, first+count) are reserved for one client;
-                 next_slice_id becomes first+count. No namespace change a reader can see.
+alloc_slices     {"first", "count", "ts"}: ids [first, first+count) are reserved for one
+                 client at `ts` (ms; 0 in records written before it was carried); next_slice_id
+                 becomes first+count. No namespace change a reader can see.
+expire_slices    {"expired": [[first, end), ...], "forgotten": [[first, end), ...]}: the upload
+                 sweeper's record (changelog/sweeper.py). `expired` pending ranges (whole, as
+                 reserved) leave the pending set, so no write can commit them any more, and
+                 their blocks become the sweeper's to delete; `forgotten` ids are dropped from
+                 that expired set (their blocks are gone). No namespace change a reader can see.
 tick, mirror_register, mirror_ack, mirror_remove
                  source-side bookkeeping with no namespace effect: apply nothing.
+
+Slice ids that are reserved but not committed are the source's business alone: a sink that
+tracks them implements `SliceIdSink` too (the source's tables, with reservation times and
+expiry); any other sink (a mirror's) gets only `reserve_slices` and skips `expire_slices`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from volume.errors import ChangelogError
 from volume.records import MIRROR_OPS, TICK
@@ -132,6 +155,22 @@ class EffectSink(Protocol):
         ...
 
 
+@runtime_checkable
+class SliceIdSink(Protocol):
+    """The id bookkeeping of a sink that tracks uncommitted slice ids (the source's tables).
+
+    Given this, the table calls these instead of `reserve_slices` (and for `expire_slices`)."""
+
+    def reserve_pending(self, first: int, count: int, ts: int) -> None:
+        """Slice ids [first, first+count) were reserved for a client at `ts` (ms)."""
+        ...
+
+    def expire_pending(self, expired: list[list[int]], forgotten: list[list[int]]) -> None:
+        """The `expired` pending ranges can no longer be committed; `forgotten` expired ids
+        need no more sweeping. ValueError if an expired range is not exactly a pending one."""
+        ...
+
+
 def _new(sink: EffectSink, e: Effect, version: int) -> None:
     if e.get("existed"):
         return
@@ -191,7 +230,21 @@ def _rename(sink: EffectSink, e: Effect, version: int) -> None:
 
 
 def _alloc(sink: EffectSink, e: Effect, version: int) -> None:
-    sink.reserve_slices(int(e["first"]), int(e["count"]))
+    first, count = int(e["first"]), int(e["count"])
+    if isinstance(sink, SliceIdSink):
+        sink.reserve_pending(first, count, int(e.get("ts", 0)))
+    else:
+        sink.reserve_slices(first, count)
+
+
+def _ranges(value: Any) -> list[list[int]]:
+    return [[int(start), int(end)] for start, end in value]
+
+
+def _expire(sink: EffectSink, e: Effect, version: int) -> None:
+    expired, forgotten = _ranges(e["expired"]), _ranges(e["forgotten"])
+    if isinstance(sink, SliceIdSink):
+        sink.expire_pending(expired, forgotten)
 
 
 def _nothing(sink: EffectSink, e: Effect, version: int) -> None:
@@ -209,6 +262,7 @@ EFFECTS: dict[str, Callable[[EffectSink, Effect, int], None]] = {
     "rmdir": _rmdir,
     "rename": _rename,
     "alloc_slices": _alloc,
+    "expire_slices": _expire,
     TICK: _nothing,
     **dict.fromkeys(MIRROR_OPS, _nothing),
 }

@@ -41,9 +41,15 @@ class ConfigError(ChangelogError):
 
 
 class AuthError(ChangelogError):
-    """Missing or wrong bearer token."""
+    """Missing, unknown, forged or tampered bearer token."""
 
     http_status = 401
+
+
+class ForbiddenError(ChangelogError):
+    """A valid token whose scope does not cover this request; nothing was changed."""
+
+    http_status = 403
 
 
 class BadRequestError(ChangelogError):
@@ -89,6 +95,33 @@ class VersionGoneError(ChangelogError):
             "requested": self.requested,
             "first_available": self.first_available,
         }
+
+
+class ChangelogUnavailableError(ChangelogError):
+    """This node has applied the record asked for but cannot serve it (its changelog segments
+    are behind or failing): ask another node; the stream never waits here for it."""
+
+    http_status = 503
+    temporary = True
+
+
+class RequestExpiredError(ChangelogError):
+    """A retried request is older than the source's dedup window: the source can no longer
+    tell whether its first attempt committed, so it refuses it rather than apply it twice."""
+
+    http_status = 409
+
+    def __init__(self, message: str, *, request_id: str = "", hint: str | None = None) -> None:
+        super().__init__(
+            message,
+            hint=hint
+            or "check whether the change is there (e.g. stat the path) before sending it "
+            "again as a new request",
+        )
+        self.request_id = request_id
+
+    def to_wire(self) -> dict[str, Any]:
+        return {**super().to_wire(), "request_id": self.request_id}
 
 
 class FrameError(ChangelogError):
@@ -154,10 +187,16 @@ def from_wire(body: dict[str, Any], status: int) -> ChangelogError:
             requested=int(body.get("requested", 0)),
             first_available=int(body.get("first_available", 0)),
         )
+    if kind == "RequestExpiredError":
+        return RequestExpiredError(
+            message, request_id=str(body.get("request_id", "")), hint=body.get("hint")
+        )
     simple: dict[str, type[ChangelogError]] = {
         "AuthError": AuthError,
+        "ForbiddenError": ForbiddenError,
         "BadRequestError": BadRequestError,
         "QuorumUnavailableError": QuorumUnavailableError,
+        "ChangelogUnavailableError": ChangelogUnavailableError,
         "FrameError": FrameError,
     }
     cls = simple.get(kind, ChangelogError)

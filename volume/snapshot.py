@@ -3,8 +3,13 @@
 Rows (msgpack/JSON friendly dicts, in this order):
 
 1. one header   {"row": "header", "format": 1, "next_ino", "next_slice_id",
-                 "pending": [[first, end), ...] (slice ids allocated, not committed),
+                 "pending": [[first, end, ts], ...] (slice ids allocated, not committed: the
+                 half-open range and the ts (ms) of the allocation; older snapshots have
+                 [first, end] only, read as ts 0),
+                 "expired": [[first, end], ...] (ids the upload sweeper expired and has not yet
+                 swept; absent in older snapshots: none),
                  "inodes": count of inode rows, "slices": count of slice rows}
+                 A mirror needs none of the id bookkeeping; the source's own rebuild does.
 2. per live slice {"row": "slice", "id", "size", "checksums": [str, one per block]}
 3. per inode    {"row": "inode", "parent", "name", <every attr field: "ino", "kind", "mode",
                  "uid", "gid", "size", "mtime_ms", "ctime_ms", "nlink", "target">,

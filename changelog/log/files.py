@@ -35,8 +35,10 @@ _NAME = re.compile(r"^seg-(\d{20})\.log$")
 _IDX_MAGIC = b"MFSIDX01"
 _IDX_HEAD = struct.Struct(">8sQQQI")  # magic, first_version, covered_bytes, records, stride
 _CRC = struct.Struct(">I")
-# encode_payload packs {"version", "ts", "op", "effect"} in that order: fixmap(4), fixstr(7).
-_VERSION_KEY = b"\x84\xa7version"
+# encode_payload packs {"version", "ts", "op", "effect", "ends_request"} in that order:
+# fixmap(5), fixstr(7). A payload laid out otherwise (e.g. the 4-key maps written before
+# request boundaries) is decoded in full instead.
+_VERSION_KEY = b"\x85\xa7version"
 _VERSION_AT = len(_VERSION_KEY)
 _UINT = {0xCC: struct.Struct(">B"), 0xCD: struct.Struct(">H"), 0xCE: struct.Struct(">I")}
 _UINT[0xCF] = struct.Struct(">Q")

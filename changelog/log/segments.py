@@ -414,18 +414,22 @@ class SegmentLog:
         return self._view.read_frames_from(version, max_bytes=max_bytes)
 
     def close(self) -> None:
-        """sync, write the active segment's sidecar, close. Idempotent."""
+        """sync, write the active segment's sidecar, close. Idempotent. A failing sync (a full
+        disk) still closes the log, then raises: what it could not write the journal refills."""
         with self._write_lock:
             if self._closed:
                 return
-            if self._fd is not None:
-                self._sync_locked()
-                if self._checkpointed_bytes != self._view.segments[-1].size_bytes:
-                    self._checkpoint()
-                os.close(self._fd)
-                self._fd = None
-            with self._lock:
-                self._closed = True
+            try:
+                if self._fd is not None:
+                    self._sync_locked()
+                    if self._checkpointed_bytes != self._view.segments[-1].size_bytes:
+                        self._checkpoint()
+            finally:
+                if self._fd is not None:
+                    os.close(self._fd)
+                    self._fd = None
+                with self._lock:
+                    self._closed = True
 
     def __enter__(self) -> SegmentLog:
         return self

@@ -61,6 +61,7 @@ def iter_snapshot(t: Tables) -> Iterator[dict[str, Any]]:
         "next_ino": t.next_ino,
         "next_slice_id": t.next_slice_id,
         "pending": t.pending.ranges(),
+        "expired": t.pending.expired_ranges(),
         "inodes": len(t.inodes),
         "slices": len(t.slices),
     }
@@ -132,8 +133,12 @@ def tables_from_snapshot(rows: Iterable[dict[str, Any]]) -> Tables:
                 header = row
                 t.next_ino = int(row["next_ino"])
                 t.next_slice_id = int(row["next_slice_id"])
-                for first, end in row["pending"]:
-                    t.pending.add(int(first), int(end))
+                # [first, end, reserved ts]; rows of older snapshots lack the ts (and
+                # "expired"): such ids count as reserved long ago.
+                for first, end, *reserved in row["pending"]:
+                    t.pending.add(int(first), int(end), int(reserved[0]) if reserved else 0)
+                for first, end in row.get("expired", []):
+                    t.pending.add_expired(int(first), int(end))
             else:
                 raise ValueError(f"unexpected row {kind!r}")
     except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -1,4 +1,5 @@
-"""Planning of the ops that change file contents and attributes: write, truncate, setattr, alloc.
+"""Planning of the ops that change file contents and attributes: write, truncate, setattr,
+and the slice id bookkeeping: alloc_slices, expire_slices.
 
 Each function validates everything, computes the complete effect without touching the tables,
 then replays it (see volume/effects.py for the effect shapes). A raised FsError therefore
@@ -27,6 +28,7 @@ from volume.inode import (
 )
 
 MAX_ALLOC_COUNT = 1 << 20
+MAX_EXPIRE_RANGES = 10_000  # per expire_slices record: bounds its size; the rest waits a pass
 MAX_CHECKSUM_CHARS = 128
 
 
@@ -94,7 +96,15 @@ def write(
             raise FsError(errno.EINVAL, "a checksum must be a short ASCII string", path=path)
     inode = writable_file(t, path, uid, gid)
     if slice_id not in t.pending:
-        raise FsError(errno.EINVAL, f"slice {slice_id} is not allocated or already committed")
+        if t.pending.is_expired(slice_id):
+            raise FsError(
+                errno.EINVAL, f"slice {slice_id} expired: not committed within the upload grace"
+            )
+        raise FsError(
+            errno.EINVAL,
+            f"slice {slice_id} is not pending: never allocated, already committed,"
+            " or expired (not committed within the upload grace)",
+        )
     new = SliceRef(id=slice_id, size=size, off=0, len=size, pos=pos)
     refs = [*t.chunks.get(inode.ino, chunk_index), new]
     gone = [refs[i] for i in covered_by_last(refs, CHUNK_SIZE)]
@@ -201,10 +211,41 @@ def setattr(
 def alloc_slices(t: Tables, count: int, *, ts: int, uid: int, gid: int) -> Effect:
     """Reserve `count` consecutive slice ids (1..2**20) for a client to upload blocks under.
 
-    Reserved ids never expire; an id is consumed by the one write that commits it.
+    An id is consumed by the one write that commits it; the ids are stamped with `ts`, and
+    the upload sweeper expires them (`expire_slices`) if they are still uncommitted a grace
+    later, after which a write of one fails with EINVAL.
     """
     check_caller(ts, uid, gid)
     check_int(count, "count", 1, MAX_ALLOC_COUNT)
-    effect: Effect = {"first": t.next_slice_id, "count": count}
+    effect: Effect = {"first": t.next_slice_id, "count": count, "ts": ts}
     t.replay("alloc_slices", effect)
+    return effect
+
+
+def expire_slices(
+    t: Tables, before_ts: int, forget: list[list[int]] | None = None, *, ts: int, uid: int, gid: int
+) -> Effect:
+    """Expire the pending id ranges reserved at or before `before_ts` (at most
+    MAX_EXPIRE_RANGES of them, oldest first) and forget the `forget` ranges of expired ids.
+
+    The upload sweeper's op (changelog/sweeper.py; the HTTP API refuses it from clients): once
+    this commits, no write can commit an expired id (EINVAL), so the sweeper may delete their
+    blocks. Computed here, in log order, so an id committed just before is never expired.
+    Errors: EPERM unless uid 0, EINVAL for a `before_ts` after `ts` or a bad range.
+    """
+    check_caller(ts, uid, gid)
+    if uid != 0:
+        raise FsError(errno.EPERM, "only the source itself expires slice ids")
+    check_int(before_ts, "before_ts", 0, ts)
+    ranges = forget or []
+    if len(ranges) > MAX_EXPIRE_RANGES:
+        raise FsError(errno.EINVAL, f"forget at most {MAX_EXPIRE_RANGES} ranges at once")
+    for r in ranges:
+        if len(r) != 2 or not 0 <= r[0] < r[1] <= 2**63:
+            raise FsError(errno.EINVAL, f"bad id range {r!r}: need [first, end) with first < end")
+    effect: Effect = {
+        "expired": t.pending.expirable(before_ts, MAX_EXPIRE_RANGES),
+        "forgotten": t.pending.expired_overlap(ranges),
+    }
+    t.replay("expire_slices", effect)
     return effect

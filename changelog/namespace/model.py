@@ -11,6 +11,9 @@ replays into), the planners of entry ops (entries.py) and file ops (fileops.py) 
 over the tables, path walks (lookup.py), permission bits (permissions.py), whole-namespace
 dumps (dump.py). `Namespace` is the face: request validation, dispatch, and reads.
 
+Requests are transactions: `with ns.transaction():` around a request's ops makes them commit
+all or nothing (each op still plans on what the ops before it did; see tables.py).
+
 Conventions: paths are absolute, not normalised, and symlinks are never followed (see
 volume/paths.py); `ts` is the source clock in ms and becomes mtime/ctime; `uid`/`gid` are the
 caller's, uid 0 passes every permission check. Searching a directory needs x; adding or
@@ -20,6 +23,7 @@ the directory); writing or truncating a file needs w on it; readdir needs r.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Iterator
@@ -60,6 +64,7 @@ _ARGS: dict[str, dict[str, tuple[str, bool]]] = {
         "size": ("int?", False),
     },
     "alloc_slices": {"count": ("int", True)},
+    "expire_slices": {"before_ts": ("int", True), "forget": ("ranges", False)},
 }
 OPS = tuple(_ARGS)
 
@@ -73,6 +78,10 @@ def _type_ok(value: object, kind: str) -> bool:
         return isinstance(value, str)
     if kind == "bool":
         return isinstance(value, bool)
+    if kind == "ranges":
+        return isinstance(value, list | tuple) and all(
+            isinstance(r, list | tuple) and all(type(i) is int for i in r) for r in value
+        )
     return isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
 
 
@@ -107,6 +116,19 @@ class Namespace:
             raise FsError(errno.EINVAL, "ts must be an int")
         effect: Effect = _PLANNERS[op](self.tables, **args, ts=ts)
         return effect
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Ops applied inside commit together, or, if anything raises out of the block, are
+        all undone exactly (tables, caches and counters) before the exception propagates.
+        RuntimeError if a transaction is already open."""
+        self.tables.begin()
+        try:
+            yield
+        except BaseException:
+            self.tables.rollback()
+            raise
+        self.tables.commit()
 
     def replay(self, op: str, effect: Effect) -> None:
         """Apply a record's effect (what a replica does); see `Tables.replay`."""
@@ -195,5 +217,6 @@ _PLANNERS: dict[str, Callable[..., Effect]] = {
     "truncate": fileops.truncate,
     "setattr": fileops.setattr,
     "alloc_slices": fileops.alloc_slices,
+    "expire_slices": fileops.expire_slices,
 }
 assert _PLANNERS.keys() == _ARGS.keys(), "every op has a planner and an argument spec"

@@ -14,7 +14,7 @@ from typing import Any
 from pysyncobj import FAIL_REASON, SyncObjConf
 
 from changelog.raft.conf import DurableSyncObj
-from changelog.raft.state import MetaState
+from changelog.raft.state import MetaState, Outcome
 from volume.errors import NotLeaderError, QuorumUnavailableError
 
 DEFAULT_COMMAND_TIMEOUT_S = 10.0
@@ -27,7 +27,7 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-_Waiting = tuple[str | None, list[dict[str, Any]], "asyncio.Future[list[dict[str, Any]]]"]
+_Waiting = tuple[str | None, list[dict[str, Any]], "asyncio.Future[Outcome]"]
 
 
 class RaftNode:
@@ -48,6 +48,8 @@ class RaftNode:
         self.sync = DurableSyncObj(self_addr, partners, conf, consumers=[state])
         self._waiting: list[_Waiting] = []
         self._inflight = 0
+        self._barrier_waiting: list[asyncio.Future[int]] = []
+        self._barrier_inflight = False
 
     async def submit(
         self,
@@ -55,8 +57,9 @@ class RaftNode:
         ops: list[dict[str, Any]],
         *,
         timeout_s: float = DEFAULT_COMMAND_TIMEOUT_S,
-    ) -> list[dict[str, Any]]:
-        """Commit a batch of ops and return its per-op results.
+    ) -> Outcome:
+        """Commit a request (all its ops or none) and return its Outcome (changelog/raft/state.py:
+        per-op results, or a retry's Replayed/Refused).
 
         Group commit: while MAX_INFLIGHT Raft entries are in flight, new requests wait and then
         go together in one entry, so a loaded node sends a few large entries instead of one
@@ -67,7 +70,7 @@ class RaftNode:
         may still commit later, which is why callers retry with the same request_id.
         """
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[list[dict[str, Any]]] = loop.create_future()
+        fut: asyncio.Future[Outcome] = loop.create_future()
         self._waiting.append((request_id, ops, fut))
         self._flush(loop)
         try:
@@ -90,8 +93,12 @@ class RaftNode:
             def done(result: Any, error: int, items: list[_Waiting] = items) -> None:
                 loop.call_soon_threadsafe(self._done, loop, items, result, error)
 
+            # The window travels in the command: every node prunes and refuses alike.
             self.state.apply_requests(
-                [(rid, ops) for rid, ops, _ in items], now_ms(), callback=done
+                [(rid, ops) for rid, ops, _ in items],
+                now_ms(),
+                self.state.dedup_window_ms,
+                callback=done,
             )
 
     def _done(
@@ -113,6 +120,66 @@ class RaftNode:
                     QuorumUnavailableError(f"command not committed (pysyncobj fail reason {error})")
                 )
         self._flush(loop)
+
+    async def read_barrier(self, *, timeout_s: float = DEFAULT_COMMAND_TIMEOUT_S) -> int:
+        """Wait until a read on this node may answer as the leader's: a barrier command proposed
+        after this call began has committed, so the local state holds every write acknowledged
+        before the call. Returns the version the barrier saw.
+
+        Checking leadership locally is not enough: a leader cut off from its peers keeps
+        believing it leads until leaderFallbackTimeout, while the others elect a new leader
+        and commit writes (tests/changelog/test_leader_reads.py). Concurrent reads share one
+        barrier, but never one proposed before they arrived.
+
+        Raises NotLeaderError (with the leader's API if known) or QuorumUnavailableError.
+        """
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+        self._barrier_waiting.append(fut)
+        self._propose_barrier(loop)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout_s)
+        except TimeoutError:
+            raise QuorumUnavailableError(
+                f"no quorum confirmed this node's leadership within {timeout_s:.0f}s"
+            ) from None
+
+    def _propose_barrier(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._barrier_inflight or not self._barrier_waiting:
+            return
+        waiters, self._barrier_waiting = self._barrier_waiting, []
+        self._barrier_inflight = True
+
+        def done(result: Any, error: int) -> None:
+            loop.call_soon_threadsafe(self._barrier_done, loop, waiters, result, error)
+
+        self.state.read_barrier(callback=done)
+
+    def _barrier_done(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        waiters: list[asyncio.Future[int]],
+        result: Any,
+        error: int,
+    ) -> None:
+        self._barrier_inflight = False
+        exc: Exception | None = None
+        if error in (FAIL_REASON.NOT_LEADER, FAIL_REASON.LEADER_CHANGED):
+            exc = NotLeaderError("this node is not the leader", leader_hint=self.leader_api())
+        elif error != FAIL_REASON.SUCCESS:
+            exc = QuorumUnavailableError(f"leadership not confirmed (pysyncobj fail {error})")
+        elif not self.is_leader:
+            # Committed through the real leader (pysyncobj forwards commands): this node was not
+            # it, and a leader read must come from the leader.
+            exc = NotLeaderError("this node is not the leader", leader_hint=self.leader_api())
+        for fut in waiters:
+            if fut.done():
+                continue
+            if exc is None:
+                fut.set_result(int(result))
+            else:
+                fut.set_exception(exc)
+        self._propose_barrier(loop)
 
     @property
     def role(self) -> str:

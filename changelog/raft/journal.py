@@ -30,9 +30,14 @@ a tick callback that runs after the leader has sent that iteration's entries (so
 overlaps the followers'); answers produced while the journal is dirty wait in an outbox flushed
 right after that one fsync. N entries that arrive in one poll cost one fsync.
 
-Not covered: a disk that acknowledges fsync without persisting (volatile write cache); damage in
-the middle of the file (treated like a torn tail: everything after it is dropped, loudly); a
-failed write or fsync is not retried (the kernel may have dropped the pages): the process exits.
+6. Damage in the middle of the file is not a torn tail: a bad record followed by a good one (at
+   the bad record's own end, or found by scanning on) means bytes that were once durable were
+   lost. Dropping everything after it could lose acknowledged entries or a vote, so opening
+   refuses with JournalError naming the file and offset; the node does not start. The way out
+   is rebuilding the node from its peers (README "Durability").
+
+Not covered: a disk that acknowledges fsync without persisting (volatile write cache); a failed
+write or fsync is not retried (the kernel may have dropped the pages): the process exits.
 
 (1-3 and 5 need the wiring in changelog.raft.conf: DurableSyncObj and DurableTCPTransport.)
 
@@ -77,6 +82,7 @@ FRAME = struct.Struct(">II")
 IDX_TERM = struct.Struct(">QQ")
 U64 = struct.Struct(">Q")
 MAX_RECORD_BYTES = 1 << 30
+RECORD_KINDS = (b"E", b"F", b"P", b"C", b"T", b"K")
 WRITE_BEHIND_BYTES = 1 << 20  # buffered appends are written (not synced) past this
 DEFAULT_REWRITE_MIN_BYTES = 8 << 20  # never rewrite a file smaller than this
 EXIT_JOURNAL_FATAL = 74  # EX_IOERR
@@ -110,20 +116,51 @@ def _entry_payload(entry: Entry) -> bytes:
     return b"E" + IDX_TERM.pack(entry[1], entry[2]) + entry[0]
 
 
+def _record_at(data: bytes, pos: int) -> int | None:
+    """The end of a whole, checksummed record of a known kind starting at `pos`, else None."""
+    if pos + FRAME.size > len(data):
+        return None
+    length, crc = FRAME.unpack_from(data, pos)
+    end = pos + FRAME.size + length
+    if not 1 <= length <= MAX_RECORD_BYTES or end > len(data):
+        return None
+    if data[pos + FRAME.size : pos + FRAME.size + 1] not in RECORD_KINDS:
+        return None
+    return end if zlib.crc32(data[pos + FRAME.size : end]) == crc else None
+
+
+def _good_record_after(data: bytes, bad: int) -> int | None:
+    """Where a good record starts after the bad one at `bad`, if any: first where the bad
+    record's own length says its successor starts (payload damage, framing intact), then by
+    scanning on (damaged framing). A torn tail has none: only the last write can be torn."""
+    length = FRAME.unpack_from(data, bad)[0] if bad + FRAME.size <= len(data) else 0
+    successor = bad + FRAME.size + int(length)
+    if length and successor < len(data) and _record_at(data, successor) is not None:
+        return successor
+    for pos in range(bad + 1, len(data) - FRAME.size + 1):
+        if _record_at(data, pos) is not None:
+            return pos
+    return None
+
+
 def _parse(data: bytes, path: str) -> JournalState:
     if data[: len(MAGIC)] != MAGIC:
         raise JournalError(f"{path} is not a mirrorfs journal (pysyncobj's own FileJournal?)")
     st = JournalState(file_bytes=len(data))
     pos = len(MAGIC)
     while pos + FRAME.size <= len(data):
-        length, crc = FRAME.unpack_from(data, pos)
-        end = pos + FRAME.size + length
-        if not 1 <= length <= MAX_RECORD_BYTES or end > len(data):
+        end = _record_at(data, pos)
+        if end is None:
+            good = _good_record_after(data, pos)
+            if good is not None:
+                raise JournalError(
+                    f"{path} is damaged at offset {pos} (a good record follows at {good}):"
+                    " not a torn tail, so acknowledged entries or a vote may be lost",
+                    hint="rebuild this node from its peers: stop it, move its data directory"
+                    " aside, start it again (README, Durability)",
+                )
             break
-        payload = data[pos + FRAME.size : end]
-        if zlib.crc32(payload) != crc:
-            break
-        _replay(st, payload, f"{path}@{pos}")
+        _replay(st, data[pos + FRAME.size : end], f"{path}@{pos}")
         pos = end
     st.valid_bytes = pos
     return st

@@ -1,9 +1,11 @@
 """Apply changelog records to the replica: exactly once, in order, one transaction per batch.
 
 The batch and the watermark commit together, so after a crash the replica holds exactly the
-records up to its watermark: re-delivering them is skipped, the next ones apply. A batch is folded
-into its net row changes first (mirror.follow.changes) and written with one statement per table and
-kind of change, a fixed dozen round trips whatever the batch size.
+records up to its watermark: re-delivering them is skipped, the next ones apply. A batch is
+whole requests (volume/records.py): it must end on a record that ends its request, so the
+replica never shows half a request and the watermark only ever stands at a request boundary.
+A batch is folded into its net row changes first (mirror.follow.changes) and written with one
+statement per table and kind of change, a fixed dozen round trips whatever the batch size.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import asyncpg
 
 from mirror.db import Database, translating
-from mirror.errors import ApplyGapError, ReplicaDivergedError
+from mirror.errors import ApplyGapError, PartialRequestError, ReplicaDivergedError
 from mirror.follow.changes import BatchChanges, slice_blocks
 from mirror.replica import Watermark, read_watermark
 from volume.records import Record
@@ -173,11 +175,13 @@ async def apply_records(
 
     Records at or below the applied version are skipped (re-delivery is harmless); the rest
     must start at applied_version + 1 and be contiguous, else ApplyGapError and nothing is
-    applied. Effects follow volume/effects.py; ticks, alloc_slices and mirror registry
-    records move only the watermark. Raises MalformedRecordError (unknown op, bad effect) or
-    ReplicaDivergedError (the batch does not fit the tables); either way the whole batch is
-    rolled back and the watermark is unchanged. Concurrent appliers serialise on the watermark
-    row. Returns the watermark (applied_version, applied_ts) after the batch.
+    applied, and must end at a request boundary (the last record `ends_request`), else
+    PartialRequestError and nothing is applied. Effects follow volume/effects.py; ticks,
+    alloc_slices and mirror registry records move only the watermark. Raises
+    MalformedRecordError (unknown op, bad effect) or ReplicaDivergedError (the batch does not
+    fit the tables); either way the whole batch is rolled back and the watermark is
+    unchanged. Concurrent appliers serialise on the watermark row. Returns the watermark
+    (applied_version, applied_ts) after the batch.
 
     Given a connection already inside a transaction, the batch runs in a savepoint and is
     durable only when the caller commits.
@@ -195,6 +199,11 @@ async def _apply(conn: asyncpg.Connection, records: Sequence[Record]) -> Waterma
         todo = _unapplied(records, applied[0])
         if not todo:
             return applied
+        if not todo[-1].ends_request:
+            raise PartialRequestError(
+                f"batch ends at version {todo[-1].version}, inside a request: not applied",
+                version=todo[-1].version,
+            )
         changes = BatchChanges()
         for record in todo:
             changes.add(record)

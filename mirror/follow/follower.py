@@ -1,10 +1,17 @@
 """The changelog follower: stream from the source, apply into PostgreSQL, exactly once.
 
 Two tasks joined by a bounded queue: the reader pulls records off the stream; the applier takes
-whatever has arrived (one record when idle, up to MAX_BATCH when catching up) and applies it with
-the watermark in one transaction. So lag stays at one round trip when following, and catch-up
-runs in large batches. The watermark in PostgreSQL is the only cursor: on any restart the
-stream resumes from applied_version + 1, so nothing is skipped and nothing applied twice.
+whatever has arrived (one request when idle, about MAX_BATCH records when catching up) and
+applies it with the watermark in one transaction. So lag stays at one round trip when following,
+and catch-up runs in large batches. The watermark in PostgreSQL is the only cursor: on any
+restart the stream resumes from applied_version + 1, so nothing is skipped and nothing applied
+twice.
+
+Whole requests only (volume/records.py): a batch is cut after the last record that ends its
+request, and the records of a request not yet complete (the stream is cut anywhere: every
+~1 MiB, at a reconnect) wait for the rest, so no batch, and no crash between batches, leaves
+half a request in the replica. The held-back part is at most MAX_RECORDS_PER_REQUEST records; a
+stream that runs longer without a boundary is refused (PartialRequestError) and reconnected.
 
 When the source no longer retains applied_version + 1 (VersionGoneError), the follower loads a
 fresh snapshot by itself and goes on from there.
@@ -23,13 +30,13 @@ import aiohttp
 import structlog
 
 from mirror.db import Database
-from mirror.errors import ApplyGapError, MirrorDbError, MirrorError
+from mirror.errors import ApplyGapError, MirrorDbError, MirrorError, PartialRequestError
 from mirror.follow.applier import apply_records
 from mirror.follow.loader import load_from_source
 from mirror.replica import Replica
 from volume.client import SourceClient, SourceUnreachableError
 from volume.errors import ChangelogError, MirrorRemovedError, VersionGoneError
-from volume.records import Record
+from volume.records import MAX_RECORDS_PER_REQUEST, Record, request_end
 
 log = structlog.get_logger(__name__)
 
@@ -85,6 +92,29 @@ class FollowerStatus:
 
     def error(self, message: str) -> None:
         self.last_error, self.last_error_at = message, time.time()
+
+
+def take_whole_requests(
+    held: list[Record], first: Record, queue: asyncio.Queue[Record]
+) -> tuple[list[Record], list[Record]]:
+    """(batch, still held): `held` + `first` + what the queue has now (up to MAX_BATCH new
+    records), cut after the last record that ends its request. Raises PartialRequestError if
+    more than MAX_RECORDS_PER_REQUEST records are held without a boundary (the source never
+    makes a request that long: the stream is not to be trusted)."""
+    records = [*held, first]
+    taken = 1
+    while taken < MAX_BATCH and not queue.empty():
+        records.append(queue.get_nowait())
+        taken += 1
+    cut = request_end(records)
+    batch, rest = records[:cut], records[cut:]
+    if len(rest) > MAX_RECORDS_PER_REQUEST:
+        raise PartialRequestError(
+            f"{len(rest)} records from version {rest[0].version} without a request boundary "
+            f"(a request has at most {MAX_RECORDS_PER_REQUEST})",
+            version=rest[-1].version,
+        )
+    return batch, rest
 
 
 class Follower:
@@ -158,6 +188,7 @@ class Follower:
 
         read_task = asyncio.create_task(reader())
         stop_task = asyncio.create_task(stop.wait())
+        held: list[Record] = []  # the start of a request whose end has not arrived yet
         try:
             while not stop.is_set():
                 get = asyncio.create_task(queue.get())
@@ -169,11 +200,10 @@ class Follower:
                     if read_task in done:
                         read_task.result()  # raises the stream's error
                     return
-                batch = [get.result()]
-                while len(batch) < MAX_BATCH and not queue.empty():
-                    batch.append(queue.get_nowait())
-                await self._apply(batch)
-                if queue.empty():
+                batch, held = take_whole_requests(held, get.result(), queue)
+                if batch:
+                    await self._apply(batch)
+                if queue.empty() and not held:
                     self.status.state = FollowerState.FOLLOWING
         finally:
             read_task.cancel()
@@ -182,6 +212,7 @@ class Follower:
                 await read_task
 
     async def _apply(self, batch: list[Record]) -> None:
+        """Apply whole requests with the watermark (the applier refuses anything else)."""
         try:
             version, ts = await apply_records(self.db, batch)
         except ApplyGapError:

@@ -18,16 +18,41 @@ from pathlib import Path
 from typing import Any
 
 from cli.source import new_volume
+from tests.servers.netns import HostNetwork
 from volume.client import SourceClient
 from volume.config import VolumeConfig, write_config
 
+NETNS_RAFT_PORT = 7000
+NETNS_API_PORT = 8000
+
 
 class SourceCluster:
+    """With `network`, node i runs on host i of it (its own network namespace), so a test can
+    partition a node for real; otherwise every node is on 127.0.0.1."""
+
     def __init__(
-        self, directory: Path, *, nodes: int = 3, bucket: str | None = None, **source_overrides: Any
+        self,
+        directory: Path,
+        *,
+        nodes: int = 3,
+        bucket: str | None = None,
+        network: HostNetwork | None = None,
+        **source_overrides: Any,
     ) -> None:
         self.directory = directory
+        self.network = network
         base = new_volume(directory, nodes=nodes, bucket=bucket, name="test")
+        if network is not None:
+            placed = [
+                n.model_copy(
+                    update={
+                        "raft": f"{network.address(n.id)}:{NETNS_RAFT_PORT}",
+                        "api": f"http://{network.address(n.id)}:{NETNS_API_PORT}",
+                    }
+                )
+                for n in base.source.nodes
+            ]
+            source_overrides = {"nodes": placed, **source_overrides}
         source = base.source.model_copy(update=source_overrides)
         self.cfg: VolumeConfig = base.model_copy(update={"source": source})
         directory.mkdir(parents=True, exist_ok=True)
@@ -55,8 +80,10 @@ class SourceCluster:
         assert node_id not in self.procs or self.procs[node_id].poll() is not None
         log = open(self.directory / f"node{node_id}.log", "ab")  # noqa: SIM115 - owned by Popen
         env = {**os.environ, "MIRRORFS_LOG": os.environ.get("MIRRORFS_LOG", "info")}
+        prefix = self.network.exec_prefix(node_id) if self.network is not None else []
         self.procs[node_id] = subprocess.Popen(
             [
+                *prefix,
                 sys.executable,
                 "-m",
                 "cli",

@@ -444,3 +444,59 @@ async def test_pending_list_is_bounded_and_the_scan_resumes(
         await until(lambda: gc.service.cursor > last.version, "the cursor past the last")
     finally:
         await gc.stop()
+
+
+async def test_the_grace_runs_from_the_last_ack_on_this_nodes_clock(
+    tmp_path: Path, store: LocalStore
+) -> None:
+    """A mirror that lagged past the grace: its readers keep the blocks for a whole grace after
+    it acks, measured on this node's clock from the ack, not from the record's ts."""
+    src = Source(tmp_path / "node", store)
+    src.op(MIRROR_REGISTER, name="m1")
+    s1, _ = await src.write("/a")
+    freeing = src.unlink("/a")
+    gc = src.gc(grace_s=1.0).start()
+    try:
+        await until(lambda: now_ms() > freeing.ts + 1500, "the grace to pass behind the mirror")
+        await gc.passes()
+        assert await src.exists(s1) == [True, True], "deleted before the mirror acked"
+        assert gc.service.status()["held_by"]["m1"]["version"] == freeing.version
+        src.op(MIRROR_ACK, name="m1", version=freeing.version)
+        acked_at = now_ms()
+        seen_after_ack = 0
+        deadline = time.monotonic() + 20
+        while any(await src.exists(s1)):
+            if now_ms() < acked_at + 1000:
+                seen_after_ack += 1
+            assert time.monotonic() < deadline, "never deleted"
+            await asyncio.sleep(0.01)
+        assert now_ms() >= acked_at + 1000, "deleted inside the grace after the ack"
+        assert seen_after_ack > 0
+        assert gc.service.status()["held_by"] == {}
+    finally:
+        await gc.stop()
+
+
+async def test_a_record_stamped_by_a_slow_clock_still_gets_the_whole_grace(
+    tmp_path: Path, store: LocalStore
+) -> None:
+    """Fault injected: the freeing record's ts comes from a node whose clock is an hour behind.
+    The grace is this node's: it starts when this node saw the barrier pass, not at that ts."""
+    src = Source(tmp_path / "node", store)
+    s1, _ = await src.write("/a")
+
+    def slow_clock(record: Record) -> Record:
+        return Record(record.version, record.ts - 3_600_000, record.op, record.effect)
+
+    src.tamper = slow_clock
+    src.unlink("/a")
+    src.tamper = None
+    started = now_ms()
+    gc = src.gc(grace_s=1.0).start()
+    try:
+        await gc.passes()
+        assert await src.exists(s1) == [True, True], "deleted at once: grace taken from the ts"
+        await until_async(lambda: _none(src.exists(s1)), "deletion after the grace")
+        assert now_ms() >= started + 1000
+    finally:
+        await gc.stop()

@@ -42,7 +42,14 @@ from changelog.raft.conf import (
     install,
     make_conf,
 )
-from changelog.raft.journal import DurableJournal, JournalError, durable_replace, read_journal
+from changelog.raft.journal import (
+    FRAME,
+    MAGIC,
+    DurableJournal,
+    JournalError,
+    durable_replace,
+    read_journal,
+)
 from tests.changelog.raft_counter_node import Cluster, NodeProcess, free_ports, wait_for
 from volume.errors import ConfigError
 
@@ -132,6 +139,34 @@ def test_flipped_byte_in_last_entry_is_dropped(open_journal: Any, jpath: Path) -
     assert read_journal(jpath).torn_bytes > 0
     j = open_journal()
     assert [e[1] for e in j[0:]] == [1, 2, 3, 4]
+
+
+def _record_offsets(path: Path) -> list[int]:
+    """Where each record of a journal file starts."""
+    data, pos, out = path.read_bytes(), len(MAGIC), []
+    while pos + FRAME.size <= len(data):
+        length, _ = FRAME.unpack_from(data, pos)
+        out.append(pos)
+        pos += FRAME.size + length
+    return out
+
+
+@pytest.mark.parametrize("where", ["payload", "length"])
+def test_damage_in_the_middle_refuses_to_open_naming_file_and_offset(
+    open_journal: Any, jpath: Path, where: str
+) -> None:
+    j = open_journal()
+    fill(j, 1, 10)
+    j.close()
+    before = jpath.read_bytes()
+    third = _record_offsets(jpath)[2]  # entry 3: entries 4..10 after it are intact
+    data = bytearray(before)
+    data[third + (FRAME.size + 5 if where == "payload" else 1)] ^= 0x5A
+    jpath.write_bytes(bytes(data))
+    with pytest.raises(JournalError, match=rf"{jpath}.*offset {third}") as info:
+        DurableJournal(jpath)
+    assert info.value.hint and "rebuild" in info.value.hint
+    assert jpath.read_bytes() == bytes(data), "a refused journal is left exactly as found"
 
 
 def test_truncations_survive_reopen(open_journal: Any, jpath: Path) -> None:

@@ -301,8 +301,8 @@ def test_readdir_pages_in_name_order() -> None:
 def test_alloc_slices_and_write_once() -> None:
     ns = Namespace()
     ns.apply("create", {"path": "/f", "mode": 0o644, **ROOT}, 1)
-    assert ns.apply("alloc_slices", {"count": 5, **ROOT}, 2) == {"first": 1, "count": 5}
-    assert ns.apply("alloc_slices", {"count": 1, **ROOT}, 2) == {"first": 6, "count": 1}
+    assert ns.apply("alloc_slices", {"count": 5, **ROOT}, 2) == {"first": 1, "count": 5, "ts": 2}
+    assert ns.apply("alloc_slices", {"count": 1, **ROOT}, 2) == {"first": 6, "count": 1, "ts": 2}
     args = {
         "path": "/f",
         "chunk_index": 0,
@@ -316,6 +316,39 @@ def test_alloc_slices_and_write_once() -> None:
     with pytest.raises(FsError) as err:  # the same request again cannot commit twice
         ns.apply("write", args, 4)
     assert err.value.errno == errno.EINVAL
+
+
+def test_expire_slices_makes_old_uncommitted_ids_uncommittable() -> None:
+    ns = Namespace()
+    ns.apply("create", {"path": "/f", "mode": 0o644, **ROOT}, 1)
+    ns.apply("alloc_slices", {"count": 3, **ROOT}, 100)  # ids 1..3
+    ns.apply("alloc_slices", {"count": 2, **ROOT}, 200)  # ids 4..5
+    args = {"path": "/f", "chunk_index": 0, "pos": 0, "size": 1, "checksums": ["c"], **ROOT}
+    ns.apply("write", {**args, "slice_id": 2}, 150)  # committed in time: never expired
+    effect = ns.apply("expire_slices", {"before_ts": 100, **ROOT}, 300)
+    assert effect == {"expired": [[1, 2], [3, 4]], "forgotten": []}
+    assert ns.tables.pending.ranges() == [[4, 6, 200]]
+    with pytest.raises(FsError) as err:  # a late commit of an expired id fails cleanly
+        ns.apply("write", {**args, "slice_id": 3}, 301)
+    assert err.value.errno == errno.EINVAL and "expired" in str(err.value)
+    ns.apply("write", {**args, "slice_id": 4, "pos": 1}, 302)  # a young id still commits
+    forget = ns.apply("expire_slices", {"before_ts": 0, "forget": [[0, 3]], **ROOT}, 303)
+    assert forget == {"expired": [], "forgotten": [[1, 2]]}
+    assert ns.tables.pending.expired_ranges() == [[3, 4]]
+    header = next(ns.iter_snapshot())
+    assert (header["pending"], header["expired"]) == ([[5, 6, 200]], [[3, 4]])
+    assert ns.slice_info(2).size == 1, "the committed slice is live"
+
+
+def test_a_snapshot_from_before_reservation_times_still_loads() -> None:
+    ns = Namespace()
+    ns.apply("alloc_slices", {"count": 3, **ROOT}, 100)
+    rows = list(ns.iter_snapshot())
+    del rows[0]["expired"]
+    rows[0]["pending"] = [[1, 4]]
+    back = Namespace.from_snapshot(rows)
+    assert back.tables.pending.ranges() == [[1, 4, 0]]
+    assert back.tables.pending.expired_ranges() == []
 
 
 # -- errors: each leaves the namespace exactly as it was ------------------------------------------
@@ -408,6 +441,11 @@ ERRORS: list[tuple[str, dict[str, Any], dict[str, int], int]] = [
     ("setattr", {"path": "/nope", "mode": 0o600}, ROOT, errno.ENOENT),
     ("alloc_slices", {"count": 0}, ROOT, errno.EINVAL),
     ("alloc_slices", {"count": 2**21}, ROOT, errno.EINVAL),
+    ("expire_slices", {"before_ts": 0}, ALICE, errno.EPERM),
+    ("expire_slices", {"before_ts": 801}, ROOT, errno.EINVAL),  # after the op's own ts
+    ("expire_slices", {"before_ts": 0, "forget": [[5, 5]]}, ROOT, errno.EINVAL),
+    ("expire_slices", {"before_ts": 0, "forget": [[1, 2, 3]]}, ROOT, errno.EINVAL),
+    ("expire_slices", {"before_ts": 0, "forget": "x"}, ROOT, errno.EINVAL),
 ]
 
 

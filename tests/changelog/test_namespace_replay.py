@@ -50,7 +50,8 @@ EFFECT_KEYS = {
         "replaced",
         "freed",
     },
-    "alloc_slices": {"first", "count"},
+    "alloc_slices": {"first", "count", "ts"},
+    "expire_slices": {"expired", "forgotten"},
 }
 NAMES = ["a", "b", "c", "d"]
 POSITIONS = [0, 1, MiB, 3 * MiB, 4 * MiB, CHUNK_SIZE - 5 * MiB, CHUNK_SIZE - 1]
@@ -73,6 +74,7 @@ def random_request(
             "create",
             "symlink",
             "alloc_slices",
+            "expire_slices",
             "write",
             "truncate",
             "setattr",
@@ -80,7 +82,7 @@ def random_request(
             "unlink",
             "rmdir",
         ],
-        weights=[4, 4, 1, 2, 6, 2, 3, 4, 2, 2],
+        weights=[4, 4, 1, 2, 1, 6, 2, 3, 4, 2, 2],
     )[0]
     if op == "mkdir":
         args = {"path": new, "mode": rng.choice([0o755, 0o700, 0o777, 0o1777, 0o555])}
@@ -90,6 +92,9 @@ def random_request(
         args = {"path": new, "target": rng.choice(["/a", "x/y", "é"])}
     elif op == "alloc_slices":
         args = {"count": rng.randint(1, 4)}
+    elif op == "expire_slices":  # the sweeper's: ids reserved long enough ago, and forgetting
+        args = {"before_ts": rng.choice([0, rng.randint(0, 400)]), "forget": [[1, 10**6]]}
+        who = ROOT if rng.random() < 0.9 else ALICE
     elif op == "write":
         if not unused or rng.random() < 0.05:
             sid = rng.choice([*used, 10**6])
@@ -150,6 +155,9 @@ def run_random(
             used.append(effect["slice"]["id"])
         if op == "alloc_slices":
             unused.extend(range(effect["first"], effect["first"] + effect["count"]))
+        if op == "expire_slices":
+            gone = {i for first, end in effect["expired"] for i in range(first, end)}
+            unused[:] = [i for i in unused if i not in gone]
         records.append([op, effect])
     return ns, records
 

@@ -62,7 +62,7 @@ async def test_empty_file_and_missing_parent(fs: FsClient) -> None:
     from volume.errors import FsError
 
     with pytest.raises(FsError) as info:
-        await fs.put(io.BytesIO(b"x"), "/no/such/dir/f")  # type: ignore[arg-type]
+        await fs.put(io.BytesIO(b"x"), "/no/such/dir/f", parents=False)  # type: ignore[arg-type]
     assert info.value.errno == 2
     with pytest.raises(FsError):
         await fs.stat("/no/such/dir/f")

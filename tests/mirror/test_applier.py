@@ -4,6 +4,7 @@ in order, all or nothing per batch."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections import Counter
@@ -13,7 +14,12 @@ import pytest
 
 from mirror.audit import check_integrity, dump_tree
 from mirror.db import Database
-from mirror.errors import ApplyGapError, MalformedRecordError, ReplicaDivergedError
+from mirror.errors import (
+    ApplyGapError,
+    MalformedRecordError,
+    PartialRequestError,
+    ReplicaDivergedError,
+)
 from mirror.follow.applier import apply_records
 from mirror.replica import Replica
 from tests.mirror.conftest import Workload, batches
@@ -230,4 +236,23 @@ async def test_applying_on_a_callers_connection_commits_with_the_caller(
         assert await replica.watermark() == (0, 0)
         async with conn.transaction():
             await apply_records(conn, w.records)
+    assert await dump_tree(db) == w.ns.dump_tree()
+
+
+async def test_a_batch_ending_inside_a_request_is_refused(db: Database) -> None:
+    """A batch must be whole requests: one that stops inside a request applies nothing."""
+    w = Workload(3).run(60)
+    # Make records 11..20 one request: only record 20 ends it.
+    records = [
+        dataclasses.replace(r, ends_request=not 10 <= i < 19) for i, r in enumerate(w.records)
+    ]
+    await apply_records(db, records[:10])
+    before = await table_state(db)
+    for cut in (11, 15, 19):
+        with pytest.raises(PartialRequestError) as info:
+            await apply_records(db, records[10:cut])
+        assert info.value.version == cut
+        assert await table_state(db) == before
+    assert await apply_records(db, records[10:20]) == (20, records[19].ts)
+    await apply_records(db, records[20:])
     assert await dump_tree(db) == w.ns.dump_tree()

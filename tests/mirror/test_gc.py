@@ -258,3 +258,60 @@ async def test_batches_drain_the_whole_queue(db: Database, store: LocalStore) ->
     for sid in freed:
         assert await src.exists(sid) == [False, False]
     assert (await gc.status())["garbage_blocks"] == 0
+
+
+async def test_orphan_copies_go_after_the_grace_and_nothing_needed_does(
+    db: Database, any_store: ObjectStore
+) -> None:
+    """Fault injected: copies in the mirror bucket that no row of the replica names (a copy that
+    landed after its slice was freed and its GC row was done; one of a slice not applied yet).
+    An orphan goes once older than the grace; a young one stays; live blocks and blocks the
+    GC queue still holds are never touched by the sweep."""
+    src = Source(any_store)
+    live, _ = await src.write("/live")
+    queued, _ = await src.write("/queued")
+    unlink = src.op("unlink", path="/queued")
+    await src.apply(db)
+    async with db.acquire() as conn:  # the queue row is not due yet: the replica is behind it
+        await conn.execute("UPDATE gc_queue SET freed_version = $1", unlink.version + 100)
+    await any_store.put("blocks/not-a-block-key", b"?")
+    grace_s = 3.0
+    slack_s = 1.0  # S3's LastModified has a resolution of one second
+    orphan, young = 10_000, 20_000
+    orphan_at = time.time()
+    for key in slice_block_keys(orphan, TWO_BLOCKS):
+        await any_store.put(key, b"late copy")
+    gc = Running(
+        MirrorGc(db, any_store, grace_s=grace_s, interval_s=PASS_S, orphan_interval_s=PASS_S)
+    )
+    try:
+        await asyncio.sleep(slack_s)  # so the two orphans' ages differ by more than the slack
+        young_at = time.time()
+        for key in slice_block_keys(young, TWO_BLOCKS):
+            await any_store.put(key, b"just copied")
+        await gc.passes()
+        seen_before_due = 0
+        deadline = time.monotonic() + 30
+        while any(await src.exists(orphan)):
+            if time.time() < orphan_at + grace_s - slack_s:
+                seen_before_due += 1
+            assert time.monotonic() < deadline, "the orphan never went"
+            await asyncio.sleep(0.02)
+        assert time.time() >= orphan_at + grace_s - slack_s, "deleted inside the grace"
+        assert seen_before_due > 0 or time.time() > orphan_at + grace_s + 5, "never seen early"
+        if time.time() < young_at + grace_s - slack_s:
+            assert await src.exists(young) == [True, True], "a copy younger than the grace went"
+        assert await src.exists(live) == [True, True], "a live block went"
+        assert await src.exists(queued) == [True, True], "the GC queue's block went early"
+        assert "blocks/not-a-block-key" in {m.key async for m in any_store.list("blocks/")}
+        await until(lambda: gone(src.exists(young)), "the young orphan, once old enough")
+        await gc.passes()
+        st = (await gc.gc.status())["orphans"]
+        assert (st["swept_total"], st["swept_bytes_total"]) == (4, 2 * 9 + 2 * 11)
+        assert st["delete_errors_total"] == 0 and st["last_error"] is None
+        listing = st["listing"]
+        assert (listing["live_blocks"], listing["queued_blocks"]) == (2, 2)
+        assert (listing["orphan_blocks"], listing["foreign_keys"]) == (0, 1)
+        assert await src.exists(live) == [True, True] and await src.exists(queued) == [True, True]
+    finally:
+        await gc.stop()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
+import structlog
 
 from cli.source import new_volume
 from volume.config import load_config, write_config
@@ -60,3 +63,38 @@ def test_env_var_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     path = good(tmp_path)
     monkeypatch.setenv("MIRRORFS_CONFIG", str(path))
     assert load_config(None).name == "v"
+
+
+def test_written_0600_over_a_stale_tmp_file_and_an_open_file(tmp_path: Path) -> None:
+    path = tmp_path / "mirrorfs.toml"
+    path.write_text("old")
+    path.chmod(0o644)
+    stale = tmp_path / "mirrorfs.toml.tmp"  # left by a crash mid-write, world-readable
+    stale.write_text("junk")
+    stale.chmod(0o666)
+    old_umask = os.umask(0o000)  # a umask can only narrow a mode; with none, still 0600
+    try:
+        write_config(new_volume(tmp_path, nodes=1, bucket=None, name="v"), path)
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not stale.exists()
+    assert load_config(path).name == "v"
+
+
+def test_a_config_others_may_read_loads_with_a_warning(tmp_path: Path) -> None:
+    path = good(tmp_path)
+    warnings: list[str] = []
+    with structlog.testing.capture_logs() as logs:
+        load_config(path, on_warning=warnings.append)
+    assert warnings == [] and logs == []
+    path.chmod(0o640)
+    with structlog.testing.capture_logs() as logs:
+        cfg = load_config(path, on_warning=warnings.append)
+    assert cfg.name == "v"
+    [line] = warnings
+    assert str(path) in line and f"chmod 600 {path}" in line and "0640" in line
+    [event] = logs
+    assert event["event"] == "config.readable_by_others" and event["log_level"] == "warning"
+    assert event["path"] == str(path) and event["fix"] == f"chmod 600 {path}"
+    assert load_config(path).name == "v"  # no callback: logged only
