@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cli import demo, files, mirror, source, tokens
+from cli import dashboard, demo, files, mirror, source, tokens
 from cli.runtime import setup_logging
 
 app = typer.Typer(
@@ -41,6 +41,7 @@ files.register(app)
 mirror.register(app)
 demo.register(app)
 tokens.register(app)
+dashboard.register(app)
 
 
 def main() -> None:

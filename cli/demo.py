@@ -15,6 +15,7 @@ import ctypes
 import io
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -22,8 +23,10 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import aiohttp
 import typer
 
+from cli.dashboard import TOKEN_ENV
 from cli.mirror import fetch_status
 from cli.runtime import run_until_signalled
 from cli.source import free_ports, new_volume
@@ -37,6 +40,7 @@ MIRROR_NAMES = ("eu", "ap", "us", "sa", "af", "me", "oc", "ca")
 STOP_TIMEOUT_S = 10.0
 PR_SET_PDEATHSIG = 1
 SAMPLE_DIR = "/models/demo-llm"
+DASHBOARD = "dashboard"
 
 
 class Children:
@@ -46,7 +50,7 @@ class Children:
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, args: list[str]) -> None:
+    def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_dir / f"{name}.log", "ab") as log:
             self.procs[name] = subprocess.Popen(
@@ -54,7 +58,11 @@ class Children:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, "MIRRORFS_LOG": os.environ.get("MIRRORFS_LOG", "info")},
+                env={
+                    **os.environ,
+                    "MIRRORFS_LOG": os.environ.get("MIRRORFS_LOG", "info"),
+                    **(env or {}),
+                },
                 start_new_session=True,  # a Ctrl-C reaches us; we stop the children in order
                 preexec_fn=_die_with_parent,
             )
@@ -63,10 +71,14 @@ class Children:
         return [n for n, p in self.procs.items() if p.poll() is not None]
 
     def stop(self) -> None:
-        """Mirrors first (their last ack needs the source), then the source nodes."""
+        """The dashboard, then the mirrors (their last ack needs the source), then the source
+        nodes."""
+        dashboard = [p for n, p in self.procs.items() if n == DASHBOARD]
         mirrors = [p for n, p in self.procs.items() if n.startswith("mirror-")]
-        others = [p for n, p in self.procs.items() if not n.startswith("mirror-")]
-        for group in (mirrors, others):
+        others = [
+            p for n, p in self.procs.items() if n != DASHBOARD and not n.startswith("mirror-")
+        ]
+        for group in (dashboard, mirrors, others):
             for p in group:
                 if p.poll() is None:
                     p.send_signal(signal.SIGTERM)
@@ -128,6 +140,38 @@ async def wait_for_regions(cfg: VolumeConfig, children: Children, timeout_s: flo
             await asyncio.sleep(0.2)
 
 
+async def start_dashboard(cfg: VolumeConfig, children: Children, timeout_s: float = 30) -> str:
+    """The dashboard as one more child, on a free port with a login token minted here (so
+    the token is on the terminal only, never in the child's log); its URL once it answers."""
+    port = free_ports(1)[0]
+    token = secrets.token_urlsafe(24)
+    children.start(
+        DASHBOARD,
+        [
+            "--config",
+            str(cfg.path),
+            "dashboard",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--no-print-url",
+        ],
+        env={TOKEN_ENV: token},
+    )
+    deadline = time.monotonic() + timeout_s
+    timeout = aiohttp.ClientTimeout(total=2)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        while True:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                    if resp.status == 200:
+                        return f"http://127.0.0.1:{port}/?token={token}"
+            if children.dead():
+                raise typer.Exit(_died(children))
+            if time.monotonic() > deadline:
+                raise typer.Exit(_died(children, "the dashboard did not come up"))
+            await asyncio.sleep(0.2)
+
+
 def _died(children: Children, why: str = "") -> int:
     names = ", ".join(children.dead()) or why
     typer.echo(f"error: {names} stopped; see the logs in {children.log_dir}", err=True)
@@ -165,7 +209,7 @@ async def ensure_sample_data(cfg: VolumeConfig) -> None:
             await fs.put(io.BytesIO(shard), f"{SAMPLE_DIR}/model-{i:05d}.safetensors")
 
 
-def print_tips(cfg: VolumeConfig) -> None:
+def print_tips(cfg: VolumeConfig, dashboard_url: str) -> None:
     c = f"mirrorfs --config {cfg.path}"
     first = next(iter(cfg.mirrors), "eu")
     typer.echo("")
@@ -173,6 +217,7 @@ def print_tips(cfg: VolumeConfig) -> None:
         f"mirrorfs demo is running: {len(cfg.source.nodes)} source nodes, "
         f"mirrors {', '.join(cfg.mirrors) or 'none'}"
     )
+    typer.echo(f"  dashboard: {dashboard_url}   (open it in a browser)")
     for name, m in cfg.mirrors.items():
         typer.echo(f"  region {name}: status {m.api}/v1/status (bearer token in {cfg.path})")
     typer.echo("")
@@ -196,13 +241,17 @@ async def run_demo(directory: Path, nodes: int, mirrors: int, stop: asyncio.Even
             children.start(
                 f"node{n.id}", ["--config", str(cfg.path), "source", "serve", "--node", str(n.id)]
             )
+        # The dashboard first: it shows the regions coming up (it reads the config again as
+        # mirrors are added) and its URL is the first thing printed.
+        dashboard_url = await start_dashboard(cfg, children)
+        typer.echo(f"dashboard: {dashboard_url}   (regions appear as they come up)")
         await wait_for_leader(cfg, children)
         cfg = await ensure_mirrors(cfg, mirrors)
         for name in cfg.mirrors:
             children.start(f"mirror-{name}", ["--config", str(cfg.path), "mirror", "run", name])
         await ensure_sample_data(cfg)
         await wait_for_regions(cfg, children)
-        print_tips(cfg)
+        print_tips(cfg, dashboard_url)
         while not stop.is_set():
             dead = children.dead()
             if dead:
