@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -44,7 +43,6 @@ from tests.test_cli import mfs
 from volume.config import load_config
 
 pytestmark = pytest.mark.timeout(420)
-DOCS_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "dashboard.png"
 MIRRORS = ("ap", "eu")
 
 
@@ -190,5 +188,3 @@ async def test_page_shows_the_volume_and_follows_outages(
     log = (tmp_path / "dashboard.log").read_text()
     assert "dashboard.listening" in log
     assert dash.token not in log and load_config(config).token not in log
-    if os.environ.get("MIRRORFS_UPDATE_SCREENSHOT"):
-        shutil.copy(tmp_path / "dashboard.png", DOCS_SCREENSHOT)

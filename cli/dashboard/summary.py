@@ -154,7 +154,9 @@ def source_view(
             problems.append((BAD, f"source node {n['node']}: {n['segment_error']}"))
         else:
             n["level"] = OK
-    if not answered:
+    if not [n for n in nodes if n["reachable"]]:  # one line, not one per node
+        problems = [(BAD, f"no source node answers ({len(nodes)} of {len(nodes)} unreachable)")]
+    elif not answered:
         problems.append((BAD, "no source node answers"))
     elif leader is None:
         problems.append((BAD, "the source has no leader (an election, or no quorum)"))

@@ -8,6 +8,7 @@
   const $ = (id) => document.getElementById(id);
   const cards = new Map(); // mirror name -> {root, body, chart, chartBox, range, yMax}
   const CHART_HEIGHT = 130;
+  const MIN_CHART_SPAN_S = 60;
   let interval = 1000;
   let lastOkAt = null;
   let lastData = null;
@@ -107,7 +108,7 @@
       tile("Term", fmtInt(src.term), { field: "term", raw: src.term }),
       tile("Head version", fmtInt(src.head_version), {
         field: "head_version", raw: src.head_version,
-        sub: src.has_quorum === false ? "no quorum" : "committed",
+        sub: src.has_quorum === false ? "no quorum" : isNum(src.head_version) ? "committed" : null,
       }),
       tile("Last commit", fmtTime(src.head_ts), {
         field: "head_ts", raw: src.head_ts,
@@ -120,7 +121,7 @@
             (isNum(gc.oldest_garbage_age_s) ? `, oldest ${fmtSeconds(gc.oldest_garbage_age_s)}` : "")
           : null,
       }),
-      tile("GC held by", heldBy.length ? heldBy.map(([n]) => n).join(", ") : "nobody", {
+      tile("GC held by", !src.gc ? DASH : heldBy.length ? heldBy.map(([n]) => n).join(", ") : "nobody", {
         field: "gc_held_by", raw: heldBy.map(([n]) => n),
         level: heldBy.length ? "warn" : null,
         sub: heldBy.length
@@ -172,14 +173,15 @@
   function mirrorCard(name) {
     const chartBox = h("div", { class: "chart" });
     const body = h("div", { class: "card-body" });
+    const title = h("span", {}, "Lag");
     const root = h("article", { class: "card", "data-mirror": name },
       body, h("div", { class: "chart-head" },
-        h("span", {}, "Lag, last minutes"),
+        title,
         h("span", { class: "legend" },
           h("span", { class: "key lag" }), "lag (s)",
           h("span", { class: "key window" }), "window")),
       chartBox, h("div", { class: "card-foot" }));
-    const card = { root, body, chartBox, chart: null, range: [0, 1], yMax: 1 };
+    const card = { root, body, chartBox, title, chart: null, range: [0, 1], yMax: 1 };
     return card;
   }
 
@@ -203,7 +205,9 @@
         y: { range: () => [0, card.yMax] },
       },
       axes: [
-        { ...AXIS, space: 70, values: (u, vals) => vals.map((v) => clock(v).slice(0, 5)) },
+        { ...AXIS, space: 70,
+          values: (u, vals, axis, space, incr) =>
+            vals.map((v) => (incr < 60 ? clock(v) : clock(v).slice(0, 5))) },
         { ...AXIS, size: 50,
           values: (u, vals) => vals.map((v) => (v < 10 ? +v.toFixed(2) : Math.round(v)) + " s") },
       ],
@@ -229,7 +233,12 @@
     if (!card.chart) return;
     const hist = m.history || { t: [], lag_seconds: [] };
     const now = (data.collected_at_ms || Date.now()) / 1000;
-    card.range = [now - data.history_s, now];
+    // The last history_s seconds; while the dashboard has less, what it has (at least a
+    // minute), so a fresh page is a line, not a dot at the right edge.
+    const first = hist.t.length ? hist.t[0] : now;
+    const span = Math.min(data.history_s, Math.max(MIN_CHART_SPAN_S, now - first));
+    card.range = [now - span, now];
+    card.title.textContent = `Lag, last ${fmtSeconds(span)}`;
     const win = isNum(m.window_s) ? m.window_s : m.config_window_s;
     const maxLag = Math.max(0, ...hist.lag_seconds.filter(isNum));
     card.yMax = Math.max(maxLag * 1.15, (win || 1) * 1.25, 0.5);
