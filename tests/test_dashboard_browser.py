@@ -143,6 +143,39 @@ async def test_page_shows_the_volume_and_follows_outages(
             assert await page.locator("#source tr[data-node]").count() == 3
             await screenshot(page, tmp_path / "dashboard.png")
 
+            # --- a paused mirror says so, with what waits, and catches up when resumed ---
+            mfs("mirror", "pause", "ap", config=config)
+            async with await FsClient.for_source(load_config(config), uid=0, gid=0) as fs:
+                await fs.put(io.BytesIO(os.urandom(5_000_000)), "/models/dash/late")  # type: ignore[arg-type]
+            await wait_page(
+                page,
+                "ap paused with blocks pending",
+                f"document.querySelector('{card('ap')} [data-field=\"paused\"]') &&"
+                f' document.querySelector(\'{card("ap")} [data-field="blocks_pending"]'
+                " [data-value]').dataset.value === '2'",
+                30,
+            )
+            st = await asyncio.to_thread(mirror_status, config, "ap")
+            assert st["paused"] and st["blocks_pending"] == 2
+            figures = await mirror_figures(page, "ap", ["blocks_pending", "replicator_state"])
+            assert figures["blocks_pending"][1] == "2 blocks"
+            assert figures["replicator_state"][1] == "paused"
+            pending = f'{card("ap")} [data-field="blocks_pending"] .tile-sub'
+            assert st["bytes_pending"] == 5_000_000
+            assert (await page.inner_text(pending)).startswith("4.8 MiB")
+            assert "ap: replication paused" in await page.inner_text("#verdict")
+            assert await page.get_attribute(card("ap"), "data-level") == "warn"
+            await screenshot(page, tmp_path / "dashboard-ap-paused.png")
+            mfs("mirror", "resume", "ap", config=config)
+            await wait_page(
+                page,
+                "ap caught up",
+                f"!document.querySelector('{card('ap')} [data-field=\"paused\"]') &&"
+                f' document.querySelector(\'{card("ap")} [data-field="blocks_pending"]'
+                " [data-value]').dataset.value === '0'",
+                60,
+            )
+
             # --- a stopped region daemon is unreachable, then back ---
             regions["eu"].stop()
             await wait_page(page, "eu unreachable", state_is("eu", "unreachable"), 15)

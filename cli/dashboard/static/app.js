@@ -71,7 +71,7 @@
   }
 
   function json(v) {
-    return v === null ? "null" : typeof v === "object" ? JSON.stringify(v) : String(v);
+    return v === undefined ? "null" : JSON.stringify(v);
   }
 
   function badge(text, level, field) {
