@@ -256,7 +256,7 @@ async def get_changelog(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": FRAMES_CONTENT_TYPE})
     resp.headers["X-Mirrorfs-Head"] = str(node.version)
     await resp.prepare(request)
-    while True:
+    while not node.stopping.is_set():  # a stopping node ends the stream; the reader resumes
         if frames:
             await resp.write(b"".join(frames))
             next_version += len(frames)

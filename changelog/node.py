@@ -56,6 +56,9 @@ class SourceNode:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed = asyncio.Event()
         self.started_at = time.time()
+        # Set when the node begins to stop: long-lived answers (a followed changelog stream)
+        # end at once, so the HTTP server can close and Raft step down within seconds.
+        self.stopping = asyncio.Event()
         self.state = MetaState(
             on_records=self._on_records, dedup_window_s=cfg.source.dedup_window_s
         )

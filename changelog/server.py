@@ -17,6 +17,8 @@ from volume.config import VolumeConfig
 from volume.request_ids import new_request_id
 
 log = structlog.get_logger(__name__)
+# Requests in flight get this long to finish when the node stops (streams end at once).
+SHUTDOWN_TIMEOUT_S = 5.0
 
 
 async def serve_node(cfg: VolumeConfig, node_id: int, stop: asyncio.Event) -> None:
@@ -40,7 +42,12 @@ async def serve_node(cfg: VolumeConfig, node_id: int, stop: asyncio.Event) -> No
         grace_s=cfg.source.upload_grace_s,
     )
     api = urlsplit(node.me.api)
-    runner = web.AppRunner(build_app(node), access_log=None, handler_cancellation=True)
+    runner = web.AppRunner(
+        build_app(node),
+        access_log=None,
+        handler_cancellation=True,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+    )
     try:
         await runner.setup()
         site = web.TCPSite(runner, api.hostname or "127.0.0.1", api.port or 80, reuse_address=True)
@@ -53,6 +60,7 @@ async def serve_node(cfg: VolumeConfig, node_id: int, stop: asyncio.Event) -> No
             tg.create_task(node.sweeper.run(stop))
             await stop.wait()
     finally:
+        node.stopping.set()
         await runner.cleanup()
         await asyncio.to_thread(node.close)
         await store.aclose()
