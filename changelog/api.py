@@ -108,11 +108,7 @@ async def post_ops(request: web.Request) -> web.Response:
     uid, gid = body.get("uid", 0), body.get("gid", 0)
     if not isinstance(uid, int) or not isinstance(gid, int):
         raise BadRequestError("'uid' and 'gid' must be integers")
-    request_id = body.get("request_id") or new_request_id()
-    try:
-        parse_request_id(request_id)
-    except MalformedRequestIdError as exc:
-        raise BadRequestError(str(exc)) from None
+    request_id = checked_request_id(body.get("request_id"))
     prepared = []
     for op in ops:
         if not isinstance(op, dict) or not isinstance(op.get("op"), str):
@@ -128,6 +124,19 @@ async def post_ops(request: web.Request) -> web.Response:
     return json_response(
         {"request_id": request_id, "results": results, "version": max(versions, default=0)}
     )
+
+
+def checked_request_id(given: object) -> str:
+    """The client's request id (minted here when it sent none); 400 for a malformed one."""
+    if given is None or given == "":
+        return new_request_id()
+    if not isinstance(given, str):
+        raise BadRequestError("'request_id' must be a string")
+    try:
+        parse_request_id(given)
+    except MalformedRequestIdError as exc:
+        raise BadRequestError(str(exc)) from None
+    return given
 
 
 async def commit(
@@ -315,7 +324,9 @@ async def mirror_op(request: web.Request) -> web.Response:
         op = {"op": MIRROR_ACK, "args": {"name": name, "version": body.get("version")}}
     else:
         op = {"op": MIRROR_REGISTER, "args": {"name": name}}
-    [result] = await commit(node, new_request_id(), [op])
+    # The client's request id (a query parameter) makes a retry after a lost answer get the
+    # first answer: a retried register used to find its own registration and fail "existed".
+    [result] = await commit(node, checked_request_id(request.query.get("request_id")), [op])
     if not result["ok"]:
         err = result["error"]
         if err.get("error") == "MirrorRemovedError":

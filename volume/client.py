@@ -202,15 +202,19 @@ class SourceClient:
         return data
 
     async def mirror(self, name: str, action: str, **body: Any) -> dict[str, Any]:
-        """register | ack | remove a mirror region (Raft-committed)."""
+        """register | ack | remove a mirror region (Raft-committed). One request id for every
+        retry of this call, so a retry after a lost answer gets the first answer."""
+        query = {"request_id": new_request_id()}
 
         async def call(url: str) -> Any:
             if action == "register":
-                return await self._json("POST", f"{url}/v1/mirrors/{name}")
+                return await self._json("POST", f"{url}/v1/mirrors/{name}", params=query)
             if action == "ack":
-                return await self._json("POST", f"{url}/v1/mirrors/{name}/ack", json=body)
+                return await self._json(
+                    "POST", f"{url}/v1/mirrors/{name}/ack", json=body, params=query
+                )
             if action == "remove":
-                return await self._json("DELETE", f"{url}/v1/mirrors/{name}")
+                return await self._json("DELETE", f"{url}/v1/mirrors/{name}", params=query)
             raise ValueError(f"unknown mirror action {action!r}")
 
         result: dict[str, Any] = await self._rotate(call, f"mirror {action}")

@@ -164,3 +164,25 @@ async def test_request_ids_are_checked_and_minted_by_the_api(running: SourceClus
             assert resp.status == 200 and body["results"][0]["ok"], body
             created, _ = parse_request_id(body["request_id"])
             assert abs(created - time.time() * 1000) < 60_000
+
+
+async def test_a_retried_mirror_register_gets_its_first_answer(tmp_path: Path) -> None:
+    """Seen under load: `mirror create` failed "already registered" right after an election,
+    its retried register having found its own first attempt. The same request id is one
+    request: the retry gets the first answer, and the registry holds one registration."""
+    async with SourceCluster.running(tmp_path / "vol", nodes=1) as cluster:
+        rid = new_request_id()
+        url = f"{cluster.api(1)}/v1/mirrors/eu"
+        headers = {"Authorization": f"Bearer {cluster.cfg.token}"}
+        async with aiohttp.ClientSession(headers=headers) as http:
+            answers = []
+            for _ in range(2):  # the first answer "lost", the client sends it again
+                async with http.post(url, params={"request_id": rid}) as resp:
+                    assert resp.status == 200, await resp.text()
+                    answers.append(await resp.json())
+        assert answers[0] == answers[1] and not answers[0]["existed"]
+        async with cluster.client() as c:
+            st = await c.status(cluster.api(1))
+            records = [r async for r in c.stream(1, follow=False)]
+        assert list(st["mirrors"]) == ["eu"]
+        assert sum(r.op == "mirror_register" for r in records) == 1
