@@ -130,12 +130,11 @@ def checked_request_id(given: object) -> str:
     """The client's request id (minted here when it sent none); 400 for a malformed one."""
     if given is None or given == "":
         return new_request_id()
-    if not isinstance(given, str):
-        raise BadRequestError("'request_id' must be a string")
     try:
-        parse_request_id(given)
+        parse_request_id(given)  # also refuses a number or a list, with the format it wants
     except MalformedRequestIdError as exc:
         raise BadRequestError(str(exc)) from None
+    assert isinstance(given, str)
     return given
 
 
