@@ -17,6 +17,7 @@ from typing import Annotated, TypeVar
 import orjson
 import typer
 
+from cli.connect import open_client
 from cli.runtime import config, fail, run
 from fallback import FsClient
 from objstore.errors import StoreError
@@ -28,7 +29,7 @@ def with_client(ctx: typer.Context, fn: Callable[[FsClient], Awaitable[T]]) -> T
     cfg = config(ctx)
 
     async def main() -> T:
-        async with await FsClient.for_source(cfg) as client:
+        async with await open_client(cfg) as client:
             return await fn(client)
 
     return run(main())

@@ -1,21 +1,24 @@
 """FsClient: the file verbs (put, cat, ls, stat, rm, mv, mkdir) over one region.
 
-Today it reads and writes through the source region; mirror reads with fallback plug in through
-`MetadataView` and a second store, without changing these verbs. A session remembers the last
-version it wrote or saw and passes it as `min_version`, so it reads its own writes and never
-goes back in time on a node that is behind.
+The verbs are the same in every region; what differs is plugged in (wired by cli/connect.py):
+the `MetadataView` reads resolve against, the `BlockSource` blocks come from, and in a mirror a
+`ReadGate` that holds reads to their consistency window. Writes always go to the source. A
+session remembers the last version it wrote or saw and passes it as `min_version`, so it reads
+its own writes and never goes back in time on a node or replica that is behind.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-from collections.abc import AsyncIterator
-from typing import BinaryIO
+from collections.abc import AsyncIterator, Awaitable, Coroutine
+from typing import Any, BinaryIO
 
-from fallback.reader import DEFAULT_READAHEAD, iter_pieces, plan_reads
+from fallback.blocks import BlockSource, SourceBlocks
+from fallback.consistency import MetaCall, ReadBound, ReadGate, T
+from fallback.reader import DEFAULT_READAHEAD, Piece, iter_pieces, plan_reads
 from fallback.source_view import SourceView
-from fallback.view import MetadataView
+from fallback.view import FileVersion, MetadataView
 from fallback.writer import DEFAULT_UPLOAD_CONCURRENCY, WritePolicy, WriteResult, write_file
 from objstore import ConcurrencyLayer, ObjectStore, open_store
 from volume.client import SourceClient
@@ -31,15 +34,21 @@ class FsClient:
         store: ObjectStore,
         *,
         view: MetadataView | None = None,
+        blocks: BlockSource | None = None,
+        gate: ReadGate | None = None,
+        region: str = "source",
         uid: int | None = None,
         gid: int | None = None,
         write_policy: WritePolicy | None = None,
     ) -> None:
         self.source = source
-        self.store = store
+        self.store = store  # the source bucket: writes go there from every region
+        self.region = region
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
         self.view: MetadataView = view or SourceView(source, uid=self.uid, gid=self.gid)
+        self.blocks: BlockSource = blocks or SourceBlocks(store)
+        self.gate = gate
         self.seen_version = 0
         self.write_policy = write_policy or WritePolicy()
 
@@ -54,6 +63,7 @@ class FsClient:
         return cls(source, limited, uid=uid, gid=gid, write_policy=policy)
 
     async def aclose(self) -> None:
+        await self.blocks.aclose()
         await self.source.aclose()
         await self.store.aclose()
 
@@ -66,10 +76,23 @@ class FsClient:
     def _saw(self, version: int) -> None:
         self.seen_version = max(self.seen_version, version)
 
+    async def _meta(self, call: MetaCall[T], bound: ReadBound | None) -> tuple[T, bool]:
+        """(answer, stale): `call` against this region's view, held to `bound` by the gate."""
+        if self.gate is None:
+            return await call(self.view, self.seen_version), False
+        return await self.gate.run(call, min_version=self.seen_version, bound=bound)
+
+    async def _wrote(self, version: int) -> int:
+        """A write committed `version`: the session reads it from now on, and in a mirror the
+        call returns only once the region's replica shows it (so other readers there do)."""
+        self._saw(version)
+        if self.gate is not None:
+            await self.gate.settle(version)
+        return version
+
     async def _op(self, op: str, **args: object) -> int:
         res = await self.source.op(op, uid=self.uid, gid=self.gid, **args)
-        self._saw(int(res["version"]))
-        return int(res["version"])
+        return await self._wrote(int(res["version"]))
 
     async def put(self, f: BinaryIO, path: str, *, parents: bool = True) -> WriteResult:
         """Replace `path` with `f`'s bytes, making missing parents unless `parents` is off; see
@@ -85,7 +108,7 @@ class FsClient:
             policy=self.write_policy,
             min_version=self.seen_version,
         )
-        self._saw(result.version)
+        await self._wrote(result.version)
         return result
 
     async def mkdir(self, path: str, *, mode: int = 0o755, parents: bool = False) -> int:
@@ -107,17 +130,25 @@ class FsClient:
     async def mv(self, src: str, dst: str) -> int:
         return await self._op("rename", src=src, dst=dst)
 
-    async def stat(self, path: str) -> Inode:
-        version, inode = await self.view.lookup(path, min_version=self.seen_version)
+    async def stat(self, path: str, *, bound: ReadBound | None = None) -> Inode:
+        (version, inode), _ = await self._meta(
+            lambda view, min_version: view.lookup(path, min_version=min_version), bound
+        )
         self._saw(version)
         return inode
 
-    async def ls(self, path: str) -> AsyncIterator[tuple[str, Inode]]:
+    async def ls(
+        self, path: str, *, bound: ReadBound | None = None
+    ) -> AsyncIterator[tuple[str, Inode]]:
         after = ""
         while True:
-            version, rows = await self.view.readdir(
-                path, after=after, limit=1000, min_version=self.seen_version
-            )
+
+            def page(
+                view: MetadataView, min_version: int, after: str = after
+            ) -> Awaitable[tuple[int, list[tuple[str, Inode]]]]:
+                return view.readdir(path, after=after, limit=1000, min_version=min_version)
+
+            (version, rows), _ = await self._meta(page, bound)
             self._saw(version)
             for row in rows:
                 yield row
@@ -125,23 +156,56 @@ class FsClient:
                 return
             after = rows[-1][0]
 
-    async def read(
-        self, path: str, *, offset: int = 0, length: int | None = None
-    ) -> AsyncIterator[bytes]:
-        """The file's bytes from `offset`, streamed in block-sized pieces: the bytes of exactly
-        one committed version (inode and chunk maps resolved together; the blocks of slices
-        freed after that stay readable for the GC grace, see README "Reads")."""
-        file = await self.view.resolve_file(
-            path, offset=offset, length=length, min_version=self.seen_version
+    async def resolve(
+        self,
+        path: str,
+        *,
+        offset: int = 0,
+        length: int | None = None,
+        bound: ReadBound | None = None,
+    ) -> tuple[FileVersion, bool]:
+        """(the file at one version, covering [offset, offset+length); stale?). EISDIR for a
+        directory, EINVAL... as the view."""
+        file, stale = await self._meta(
+            lambda view, min_version: view.resolve_file(
+                path, offset=offset, length=length, min_version=min_version
+            ),
+            bound,
         )
         self._saw(file.version)
         inode = file.inode
         if not inode.is_file:
             why = "is a directory" if inode.is_dir else "not a regular file"
             raise FsError(errno.EISDIR, why, path=path)
-        want = inode.size - offset if length is None else length
+        return file, stale
+
+    def iter_range(
+        self, file: FileVersion, offset: int, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """Bytes [offset, offset+length) of a resolved file (its chunk maps must cover them)."""
+        want = file.inode.size - offset if length is None else length
         pieces = plan_reads(file, offset, want)
-        async for data in iter_pieces(self.store, pieces, readahead=DEFAULT_READAHEAD):
+        states = file.blocks
+
+        def fetch(piece: Piece) -> Coroutine[Any, Any, bytes]:
+            state = None if states is None else states.get((piece.slice_id or 0, piece.index))
+            return self.blocks.get(piece, state)
+
+        return iter_pieces(fetch, pieces, readahead=DEFAULT_READAHEAD)
+
+    async def read(
+        self,
+        path: str,
+        *,
+        offset: int = 0,
+        length: int | None = None,
+        bound: ReadBound | None = None,
+    ) -> AsyncIterator[bytes]:
+        """The file's bytes from `offset`, streamed in block-sized pieces: the bytes of exactly
+        one committed version (inode and chunk maps resolved together; the blocks of slices
+        freed after that stay readable for the GC grace, see README "Reads")."""
+        file, _ = await self.resolve(path, offset=offset, length=length, bound=bound)
+        async for data in self.iter_range(file, offset, length):
             yield data
 
     async def cat(self, path: str) -> bytes:

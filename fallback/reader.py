@@ -8,8 +8,9 @@ returned. A block is always fetched whole, so it can be verified, then sliced.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from fallback.view import ChunkMap, FileVersion
 from objstore import ObjectStore
@@ -90,10 +91,15 @@ async def fetch_block(
     return data
 
 
+FetchBlock = Callable[[Piece], Coroutine[Any, Any, bytes]]
+
+
 async def iter_pieces(
-    store: ObjectStore, pieces: list[Piece], *, readahead: int = DEFAULT_READAHEAD
+    fetch: FetchBlock, pieces: list[Piece], *, readahead: int = DEFAULT_READAHEAD
 ) -> AsyncIterator[bytes]:
-    """The bytes of `pieces` in order, with up to `readahead` block fetches in flight.
+    """The bytes of `pieces` in order, with up to `readahead` block fetches in flight, so
+    memory stays at `readahead` blocks for any file size. `fetch(piece)` returns the whole,
+    verified block the piece lies in (fallback/blocks.py).
 
     Consecutive pieces of one block share one fetch.
     """
@@ -109,9 +115,7 @@ async def iter_pieces(
     async def producer() -> None:
         for p in runs:
             assert p.slice_id is not None
-            task = asyncio.create_task(
-                fetch_block(store, p.slice_id, p.index, p.block_size, p.checksum)
-            )
+            task = asyncio.create_task(fetch(p))
             started.append(task)
             await window.put(task)
 

@@ -6,6 +6,7 @@ it over its PostgreSQL replica (in mirror/, wired by cli/), so this room never i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -29,6 +30,10 @@ class FileVersion:
     version: int
     inode: Inode
     chunks: dict[int, ChunkMap] = field(default_factory=dict)  # absent index: an empty chunk
+    # A mirror's view: {(slice_id, block index): "copied" | "pending" | "failed"} for the
+    # blocks of these chunks, read in the same snapshot. None: a view with no bucket of its own
+    # (the source), whose blocks are all read from the source bucket.
+    blocks: Mapping[tuple[int, int], str] | None = None
 
 
 class MetadataView(Protocol):
