@@ -9,6 +9,7 @@ its own writes and never goes back in time on a node or replica that is behind.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections.abc import AsyncIterator, Awaitable, Coroutine
@@ -40,8 +41,10 @@ class FsClient:
         uid: int | None = None,
         gid: int | None = None,
         write_policy: WritePolicy | None = None,
+        resources: contextlib.AsyncExitStack | None = None,
     ) -> None:
         self.source = source
+        self.resources = resources  # closed last by aclose (a mirror's database pool...)
         self.store = store  # the source bucket: writes go there from every region
         self.region = region
         self.uid = os.getuid() if uid is None else uid
@@ -63,9 +66,13 @@ class FsClient:
         return cls(source, limited, uid=uid, gid=gid, write_policy=policy)
 
     async def aclose(self) -> None:
-        await self.blocks.aclose()
-        await self.source.aclose()
-        await self.store.aclose()
+        try:
+            await self.blocks.aclose()
+            await self.source.aclose()
+            await self.store.aclose()
+        finally:
+            if self.resources is not None:
+                await self.resources.aclose()
 
     async def __aenter__(self) -> FsClient:
         return self
