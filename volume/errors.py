@@ -131,6 +131,23 @@ class FrameError(ChangelogError):
     temporary = True
 
 
+class ReplicaBehindError(ChangelogError):
+    """The replica has not applied `wanted` yet (it is at `applied`): a session that saw
+    `wanted` must not read from it until it has (the gate waits, or asks the source). Declared
+    here, not in fallback/, because mirror/ raises it and fallback/ catches it."""
+
+    http_status = 503
+    temporary = True
+
+    def __init__(self, region: str, applied: int, wanted: int) -> None:
+        super().__init__(
+            f"mirror {region!r} has applied version {applied}, this read needs {wanted}"
+        )
+        self.region = region
+        self.applied = applied
+        self.wanted = wanted
+
+
 class FsError(ChangelogError):
     """A namespace operation failed with a POSIX errno (ENOENT, EEXIST, ENOTEMPTY, ...)."""
 
