@@ -2,38 +2,18 @@
 
 The source region implements it over its HTTP API (source_view.py); a mirror region implements
 it over its PostgreSQL replica (in mirror/, wired by cli/), so this room never imports mirror.
+The values it returns (ChunkMap, FileVersion) live in volume/fileversion.py: mirror/ builds
+them too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Protocol
 
-from volume.inode import Inode, SliceRef
+from volume.fileversion import ChunkMap, FileVersion
+from volume.inode import Inode
 
-
-@dataclass(frozen=True)
-class ChunkMap:
-    """The slices of one chunk in write order, and the block checksums of each slice id."""
-
-    slices: list[SliceRef]
-    checksums: dict[int, list[str]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class FileVersion:
-    """A file as one version of the metadata saw it: its inode and the chunk maps a read of
-    some range needs, all from the same state (never an inode of one version with chunks of
-    another: that mix returned bytes no version ever held)."""
-
-    version: int
-    inode: Inode
-    chunks: dict[int, ChunkMap] = field(default_factory=dict)  # absent index: an empty chunk
-    # A mirror's view: {(slice_id, block index): "copied" | "pending" | "failed"} for the
-    # blocks of these chunks, read in the same snapshot. None: a view with no bucket of its own
-    # (the source), whose blocks are all read from the source bucket.
-    blocks: Mapping[tuple[int, int], str] | None = None
+__all__ = ["ChunkMap", "FileVersion", "MetadataView"]
 
 
 class MetadataView(Protocol):

@@ -6,6 +6,10 @@ that must enforce them checks the returned attributes itself. Errors are the sou
 `FsError` with ENOENT/ENOTDIR/EINVAL/ENAMETOOLONG and the same messages. Every method reads one
 consistent snapshot of the replica (a single statement, or a read-only repeatable-read
 transaction), never a mix of two batches.
+
+The reads are also functions of a connection (`lookup_in`, `readdir_in`, `chunk_in`,
+`block_states_in`), so a caller can run several inside one snapshot transaction of its own
+(mirror/view.py: a file's inode, chunk maps and block states at one version).
 """
 
 from __future__ import annotations
@@ -65,7 +69,8 @@ def row_inode(row: asyncpg.Record) -> Inode:
     )
 
 
-async def _lookup(conn: asyncpg.Connection, path: str) -> Inode:
+async def lookup_in(conn: asyncpg.Connection, path: str) -> Inode:
+    """`Replica.lookup` on `conn` (in whatever transaction it is in)."""
     parts = split_path(path)
     row = await conn.fetchrow(_SQL_WALK, parts, ROOT_INO)
     if row is None:
@@ -76,6 +81,48 @@ async def _lookup(conn: asyncpg.Connection, path: str) -> Inode:
     if not inode.is_dir:
         raise FsError(errno.ENOTDIR, "a path component is not a directory", path=path)
     raise FsError(errno.ENOENT, "no such file or directory", path=path)
+
+
+async def readdir_in(
+    conn: asyncpg.Connection, path: str, after: str, limit: int
+) -> list[tuple[str, Inode]]:
+    """`Replica.readdir` on `conn`; run it in a repeatable-read transaction (two statements)."""
+    check_int(limit, "limit", 1, 2**31)
+    inode = await lookup_in(conn, path)
+    if not inode.is_dir:
+        raise FsError(errno.ENOTDIR, "not a directory", path=path)
+    rows = await conn.fetch(_SQL_READDIR, inode.ino, after, limit)
+    return [(row["name"], row_inode(row)) for row in rows]
+
+
+async def chunk_in(
+    conn: asyncpg.Connection, ino: int, index: int
+) -> tuple[list[SliceRef], dict[int, list[str]]]:
+    """`Replica.chunk` on `conn`."""
+    rows = await conn.fetch(_SQL_CHUNK, ino, index)
+    if not rows:
+        raise FsError(errno.ENOENT, f"no inode {ino}")
+    refs: list[SliceRef] = []
+    checksums: dict[int, list[str]] = {}
+    for row in rows:
+        if row["slice_id"] is None:
+            continue
+        refs.append(SliceRef(row["slice_id"], row["size"], row["off"], row["len"], row["pos"]))
+        checksums[row["slice_id"]] = list(row["checksums"])
+    return refs, checksums
+
+
+async def block_states_in(
+    conn: asyncpg.Connection, slice_ids: Iterable[int]
+) -> dict[tuple[int, int], str]:
+    """`Replica.block_states` on `conn`."""
+    ids = sorted(set(slice_ids))
+    if not ids:
+        return {}
+    rows = await conn.fetch(
+        "SELECT slice_id, idx, state FROM blocks WHERE slice_id = any($1::bigint[])", ids
+    )
+    return {(row["slice_id"], row["idx"]): row["state"] for row in rows}
 
 
 async def read_watermark(conn: asyncpg.Connection, *, lock: bool = False) -> Watermark:
@@ -111,7 +158,7 @@ class Replica:
         middle of the path is ENOTDIR). Errors: ENOENT, ENOTDIR, EINVAL/ENAMETOOLONG (bad
         path), as `Namespace.resolve` (= `Namespace.lookup` without permission checks)."""
         async with self.db.acquire() as conn:
-            return await _lookup(conn, path)
+            return await lookup_in(conn, path)
 
     async def getattr(self, ino: int) -> Inode:
         """Attributes by inode number; ENOENT if there is no such inode."""
@@ -132,38 +179,18 @@ class Replica:
             self.db.acquire() as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
-            inode = await _lookup(conn, path)
-            if not inode.is_dir:
-                raise FsError(errno.ENOTDIR, "not a directory", path=path)
-            rows = await conn.fetch(_SQL_READDIR, inode.ino, after, limit)
-        return [(row["name"], row_inode(row)) for row in rows]
+            return await readdir_in(conn, path, after, limit)
 
     async def chunk(self, ino: int, index: int) -> tuple[list[SliceRef], dict[int, list[str]]]:
         """The refs of chunk `index` of `ino` in write order (newer later) and the block
         checksums of each slice they name; ([], {}) for an unwritten chunk. ENOENT if there is
         no such inode."""
         async with self.db.acquire() as conn:
-            rows = await conn.fetch(_SQL_CHUNK, ino, index)
-        if not rows:
-            raise FsError(errno.ENOENT, f"no inode {ino}")
-        refs: list[SliceRef] = []
-        checksums: dict[int, list[str]] = {}
-        for row in rows:
-            if row["slice_id"] is None:
-                continue
-            refs.append(SliceRef(row["slice_id"], row["size"], row["off"], row["len"], row["pos"]))
-            checksums[row["slice_id"]] = list(row["checksums"])
-        return refs, checksums
+            return await chunk_in(conn, ino, index)
 
     async def block_states(self, slice_ids: Iterable[int]) -> dict[tuple[int, int], str]:
         """{(slice_id, block index): 'pending' | 'copied' | 'failed'} for every block of the
         given slices. A slice that is not live in the replica has no entries: read its blocks
         from the source bucket."""
-        ids = sorted(set(slice_ids))
-        if not ids:
-            return {}
         async with self.db.acquire() as conn:
-            rows = await conn.fetch(
-                "SELECT slice_id, idx, state FROM blocks WHERE slice_id = any($1::bigint[])", ids
-            )
-        return {(row["slice_id"], row["idx"]): row["state"] for row in rows}
+            return await block_states_in(conn, slice_ids)
