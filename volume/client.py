@@ -117,11 +117,11 @@ class SourceClient:
                     return result
                 except NotLeaderError as exc:
                     hint, last = exc.leader_hint, exc
-                except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                    last = exc
-                except ChangelogError as exc:
+                except ChangelogError as exc:  # before OSError: an FsError is an OSError too
                     if not exc.temporary:
                         raise
+                    last = exc
+                except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                     last = exc
             if loop.time() >= deadline:
                 raise SourceUnreachableError(

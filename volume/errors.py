@@ -148,21 +148,70 @@ class ReplicaBehindError(ChangelogError):
         self.wanted = wanted
 
 
-class FsError(ChangelogError):
-    """A namespace operation failed with a POSIX errno (ENOENT, EEXIST, ENOTEMPTY, ...)."""
+class FsError(ChangelogError, OSError):
+    """A namespace operation failed with a POSIX errno (ENOENT, EEXIST, ENOTEMPTY, ...).
+
+    Also an OSError carrying that errno (and the path as `filename`), built as the matching
+    builtin subclass where Python has one: `FsError(ENOENT, ...)` is a FileNotFoundError, so
+    code written against os/io (pandas, fsspec, `except FileNotFoundError`) handles it as it
+    would a local file's error. `str()` stays the message (not OSError's "[Errno 2] ...").
+    """
 
     http_status = 409
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> FsError:
+        if cls is FsError and args:
+            cls = _FS_ERRNO_TYPES.get(args[0], FsError)
+        return super().__new__(cls)
 
     def __init__(self, err: int, message: str, *, path: str | None = None) -> None:
         name = errno_mod.errorcode.get(err, str(err))
         where = f" ({path})" if path else ""
         super().__init__(f"{name}: {message}{where}")
+        self.args = (self.message,)  # OSError's own __init__ is skipped under a custom __new__
         self.errno = err
         self.path = path
+        self.filename = path
         self.strerror = os.strerror(err)
 
+    def __str__(self) -> str:
+        return self.message
+
     def to_wire(self) -> dict[str, Any]:
-        return {**super().to_wire(), "errno": self.errno, "path": self.path, "detail": self.message}
+        body = {**super().to_wire(), "errno": self.errno, "path": self.path, "detail": self.message}
+        if type(self) in _FS_ERRNO_TYPES.values():
+            body["error"] = "FsError"  # the errno picks the subclass again on the other side
+        return body
+
+
+class FsNotFoundError(FsError, FileNotFoundError):
+    """FsError(ENOENT)."""
+
+
+class FsExistsError(FsError, FileExistsError):
+    """FsError(EEXIST)."""
+
+
+class FsIsADirectoryError(FsError, IsADirectoryError):
+    """FsError(EISDIR)."""
+
+
+class FsNotADirectoryError(FsError, NotADirectoryError):
+    """FsError(ENOTDIR)."""
+
+
+class FsPermissionError(FsError, PermissionError):
+    """FsError(EACCES or EPERM)."""
+
+
+_FS_ERRNO_TYPES: dict[object, type[FsError]] = {
+    errno_mod.ENOENT: FsNotFoundError,
+    errno_mod.EEXIST: FsExistsError,
+    errno_mod.EISDIR: FsIsADirectoryError,
+    errno_mod.ENOTDIR: FsNotADirectoryError,
+    errno_mod.EACCES: FsPermissionError,
+    errno_mod.EPERM: FsPermissionError,
+}
 
 
 class MirrorRemovedError(FsError):
