@@ -93,27 +93,34 @@ class ReadGate(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class ReplicaState:
+class ReplicaState(Protocol):
     """Where a replica stands. `applied_ts_ms` is the source's timestamp of the last record
     applied (source clock); `source_clock_skew_ms` a lower bound of how far the source's clock
     runs ahead of this host's (None: not measured yet)."""
 
-    applied_version: int
-    applied_ts_ms: int
-    source_clock_skew_ms: int | None = None
+    @property
+    def applied_version(self) -> int: ...
 
-    def source_now_ms(self, local_now_ms: int) -> int:
-        """The source's clock now, as far as it can be proven: never later than the truth by
-        more than NTP-level skew (see the module docstring)."""
-        return local_now_ms + max(0, self.source_clock_skew_ms or 0)
+    @property
+    def applied_ts_ms(self) -> int: ...
 
-    def staleness_s(self, local_now_ms: int) -> float:
-        return max(0, self.source_now_ms(local_now_ms) - self.applied_ts_ms) / 1000
+    @property
+    def source_clock_skew_ms(self) -> int | None: ...
 
-    def is_fresh(self, *, version: int, ts_ms: int) -> bool:
-        """Applied `version`, and every record the source stamped before `ts_ms`."""
-        return self.applied_version >= version and self.applied_ts_ms >= ts_ms
+
+def source_now_ms(state: ReplicaState, local_now_ms: int) -> int:
+    """The source's clock now, as far as it can be proven: never later than the truth by more
+    than NTP-level skew (see the module docstring)."""
+    return local_now_ms + max(0, state.source_clock_skew_ms or 0)
+
+
+def staleness_s(state: ReplicaState, local_now_ms: int) -> float:
+    return max(0, source_now_ms(state, local_now_ms) - state.applied_ts_ms) / 1000
+
+
+def is_fresh(state: ReplicaState, *, version: int, ts_ms: int) -> bool:
+    """Applied `version`, and every record the source stamped before `ts_ms`."""
+    return state.applied_version >= version and state.applied_ts_ms >= ts_ms
 
 
 class ReplicaProgress(Protocol):
@@ -122,7 +129,7 @@ class ReplicaProgress(Protocol):
     async def current(self) -> ReplicaState: ...
 
     async def wait(self, *, version: int = 0, ts_ms: int = 0, timeout_s: float) -> ReplicaState:
-        """The state once `is_fresh(version=, ts_ms=)`, or the latest at the deadline (a
+        """The state once `is_fresh(state, version=, ts_ms=)`, or the latest at the deadline (a
         timeout is an answer, not an error). Raises only if the replica cannot be read."""
         ...
 
@@ -183,8 +190,8 @@ class ConsistencyGate:
     ) -> tuple[T, bool]:
         window_s, policy = self._bound(bound)
         state = await self.progress.current()
-        want_ts = state.source_now_ms(now_ms()) - round(window_s * 1000)
-        if state.is_fresh(version=min_version, ts_ms=want_ts):
+        want_ts = source_now_ms(state, now_ms()) - round(window_s * 1000)
+        if is_fresh(state, version=min_version, ts_ms=want_ts):
             try:
                 return await call(self.replica, min_version), False
             except ReplicaBehindError:
@@ -194,7 +201,7 @@ class ConsistencyGate:
             state = await self.progress.wait(
                 version=min_version, ts_ms=want_ts, timeout_s=self.wait_s
             )
-            if state.is_fresh(version=min_version, ts_ms=want_ts):
+            if is_fresh(state, version=min_version, ts_ms=want_ts):
                 self._stuck_at = None
                 try:
                     return await call(self.replica, min_version), False
@@ -226,7 +233,7 @@ class ConsistencyGate:
         self.counts[STALE_ERRORS] += 1
         raise StaleMirrorError(
             self.region,
-            staleness_s=state.staleness_s(now_ms()),
+            staleness_s=staleness_s(state, now_ms()),
             bound_s=window_s,
             applied=state.applied_version,
             wanted=min_version if state.applied_version < min_version else None,

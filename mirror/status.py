@@ -12,7 +12,12 @@ names (operators script against them; see README "Mirror status"):
     copy_blocks_per_s, copy_bytes_per_s, window_s, resyncs, last_error, last_error_at,
     degraded_reason (null, or why the replica cannot be read: state `degraded`),
     gc_held_back (null, or {acked, version, since_ms, age_s}: this mirror is what keeps the
-    source from deleting garbage blocks), gc (the mirror bucket's own garbage), now_ms
+    source from deleting garbage blocks), gc (the mirror bucket's own garbage), now_ms,
+    source_clock_skew_ms (null, or a lower bound of how far the source's clock runs ahead of
+    this host's, from record timestamps against receipt: mirror/follow/skew.py),
+    and the region's read counters, summed over every client process (mirror/region_counters.py):
+    fallback_reads, fallback_bytes, mirror_hits, mirror_bytes, source_gets_saved,
+    corrupt_repaired, stale_waits, stale_served, stale_errors, stale_source
 
 Counts of blocks come from the block table itself at the time of asking, never from counters
 kept in memory (they would be wrong after a restart). While the replica's PostgreSQL does not
@@ -29,6 +34,7 @@ from typing import Any
 from mirror.errors import MirrorDbError
 from mirror.follow import FollowerState, FollowerStatus
 from mirror.gc import MirrorGc
+from mirror.region_counters import COUNTER_NAMES, RegionCounters
 from mirror.replicate import CopyQueue, Replicator
 from volume.config import MirrorRegion
 
@@ -53,6 +59,8 @@ STATUS_FIELDS = (
     "degraded_reason",
     "gc_held_back",
     "now_ms",
+    "source_clock_skew_ms",
+    *COUNTER_NAMES,
 )
 
 
@@ -79,6 +87,7 @@ def follower_part(region: MirrorRegion, follower: FollowerStatus) -> dict[str, A
         "degraded_reason": follower.last_error if follower.state == DEGRADED else None,
         "gc_held_back": follower.source_gc_hold,
         "now_ms": now_ms,
+        "source_clock_skew_ms": follower.source_clock_skew_ms,
     }
 
 
@@ -88,11 +97,13 @@ async def region_status(
     queue: CopyQueue,
     replicator: Replicator,
     gc: MirrorGc,
+    counters: RegionCounters,
 ) -> dict[str, Any]:
     """The whole document; state `degraded` (see `is_degraded`) if the replica cannot be read."""
     try:
         stats = await queue.stats()
         gc_part = await gc.status()
+        totals = await counters.totals()
     except MirrorDbError as exc:
         return degraded(region, follower, replicator, f"replica database unavailable: {exc}")
     return {
@@ -100,6 +111,7 @@ async def region_status(
         **stats.as_dict(),
         **replicator.process_status(),
         "gc": gc_part,
+        **{name: totals[name] for name in COUNTER_NAMES},
     }
 
 
@@ -119,6 +131,7 @@ def degraded(
             "paused",
             "failed_reasons",
             "retrying_reasons",
+            *COUNTER_NAMES,
         )
     )
     return {

@@ -15,6 +15,9 @@ stream that runs longer without a boundary is refused (PartialRequestError) and 
 
 When the source no longer retains applied_version + 1 (VersionGoneError), the follower loads a
 fresh snapshot by itself and goes on from there.
+
+Records' timestamps against their receipt time give the estimate of the source's clock that the
+region's readers measure staleness with (mirror/follow/skew.py, saved in the watermark row).
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ from mirror.db import Database
 from mirror.errors import ApplyGapError, MirrorDbError, MirrorError, PartialRequestError
 from mirror.follow.applier import apply_records
 from mirror.follow.loader import load_from_source
+from mirror.follow.skew import SkewEstimator
 from mirror.replica import Replica
+from mirror.watermark import save_clock_skew
 from volume.client import SourceClient, SourceUnreachableError
 from volume.errors import ChangelogError, MirrorRemovedError, VersionGoneError
 from volume.records import MAX_RECORDS_PER_REQUEST, Record, request_end
@@ -46,6 +51,7 @@ DEFAULT_ACK_INTERVAL_S = 2.0
 ACK_TIMEOUT_S = 5.0
 RECONNECT_MAX_WAIT_S = 5.0
 SOURCE_POLL_INTERVAL_S = 2.0
+SKEW_SAVE_INTERVAL_S = 5.0  # how often a changed clock estimate is written for readers
 
 
 class FollowerState(StrEnum):
@@ -72,6 +78,7 @@ class FollowerStatus:
     resyncs: int = 0
     records_applied: int = 0
     source_gc_hold: dict[str, Any] | None = None  # this mirror holding the source's GC back
+    source_clock_skew_ms: int | None = None  # mirror/follow/skew.py (None: no recent record)
     _rate: float = 0.0
     _rate_at: float = field(default_factory=time.monotonic)
 
@@ -133,6 +140,8 @@ class Follower:
         self.ack_interval_s = ack_interval_s
         self.status = FollowerStatus()
         self._acked = 0
+        self.skew = SkewEstimator()
+        self._skew_saved: tuple[int | None, float] = (None, 0.0)  # (value, monotonic time)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow until `stop`; every failure is retried (and shown in status), never fatal,
@@ -184,6 +193,7 @@ class Follower:
 
         async def reader() -> None:
             async for rec in self.source.stream(start):
+                self.skew.observe(rec.ts)  # at receipt, before any queueing delay
                 await queue.put(rec)
 
         read_task = asyncio.create_task(reader())
@@ -221,6 +231,20 @@ class Follower:
             self.status.applied(version, ts, 0)
             raise
         self.status.applied(version, ts, len(batch))
+        await self._save_skew()
+
+    async def _save_skew(self) -> None:
+        """Show the clock estimate in status, and write it for the region's readers when it
+        changed (at most every SKEW_SAVE_INTERVAL_S: it moves by milliseconds)."""
+        skew = self.skew.estimate_ms()
+        self.status.source_clock_skew_ms = skew
+        saved, at = self._skew_saved
+        if skew is None or skew == saved:
+            return
+        if saved is not None and time.monotonic() - at < SKEW_SAVE_INTERVAL_S:
+            return
+        await save_clock_skew(self.db, skew)
+        self._skew_saved = (skew, time.monotonic())
 
     async def resync(self) -> None:
         """Replace the replica with a fresh snapshot of the source (watermark included)."""
