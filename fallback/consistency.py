@@ -32,7 +32,6 @@ wait (DEFAULT_STALE_WAIT_S) are well above it.
 
 from __future__ import annotations
 
-import collections
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -56,18 +55,33 @@ DEFAULT_STALE_WAIT_S = 1.0
 # How long a write from this region waits for the local replica to show it before returning
 # anyway (with a warning): the write is committed either way.
 DEFAULT_SETTLE_TIMEOUT_S = 10.0
-# The outcome counters (names in the region's status and /metrics).
-STALE_WAITS = "stale_waits"  # reads that waited for the replica
-STALE_SERVED = "stale_served"  # answered from the replica, flagged stale (`serve`)
-STALE_ERRORS = "stale_errors"  # StaleMirrorError raised (`error`, or `serve` behind a session)
-STALE_SOURCE = "stale_source"  # answered by the source (`source`)
-COUNTER_NAMES = (STALE_WAITS, STALE_SERVED, STALE_ERRORS, STALE_SOURCE)
 
 
 class StalePolicy(StrEnum):
     SOURCE = "source"  # resolve against the source region
     ERROR = "error"  # raise StaleMirrorError
     SERVE = "serve"  # serve the replica anyway, flagged stale
+
+
+class StaleCounters(Protocol):
+    """The gate's outcome counters (the region's status and /metrics names). The client's
+    read counters (fallback/fetch.py ReadCounters) carry them too, so they reach the region
+    with the rest."""
+
+    stale_waits: int  # reads that waited for the replica
+    stale_served: int  # answered from the replica, flagged stale (`serve`)
+    stale_errors: int  # StaleMirrorError raised (`error`, or `serve` behind the session)
+    stale_source: int  # answered by the source (`source`)
+
+
+@dataclass
+class GateCounters:
+    """StaleCounters of a gate on its own."""
+
+    stale_waits: int = 0
+    stale_served: int = 0
+    stale_errors: int = 0
+    stale_source: int = 0
 
 
 @dataclass(frozen=True)
@@ -143,8 +157,8 @@ def now_ms() -> int:
 class ConsistencyGate:
     """The ReadGate of a mirror region: replica within the window, else wait, else policy.
 
-    `counts` holds the outcome counters (COUNTER_NAMES); pass the client's own Counter to
-    have them summed with its read counters. Safe for concurrent reads of one client.
+    `counters` holds the outcome counters; pass the client's read counters to have them
+    reported to the region with the rest. Safe for concurrent reads of one client.
     """
 
     def __init__(
@@ -158,7 +172,7 @@ class ConsistencyGate:
         policy: StalePolicy | str = DEFAULT_POLICY,
         wait_s: float = DEFAULT_STALE_WAIT_S,
         settle_timeout_s: float = DEFAULT_SETTLE_TIMEOUT_S,
-        counts: collections.Counter[str] | None = None,
+        counters: StaleCounters | None = None,
     ) -> None:
         if window_s < 0 or wait_s < 0 or settle_timeout_s < 0:
             raise ValueError(
@@ -173,7 +187,7 @@ class ConsistencyGate:
         self.policy = StalePolicy(policy)
         self.wait_s = wait_s
         self.settle_timeout_s = settle_timeout_s
-        self.counts: collections.Counter[str] = collections.Counter() if counts is None else counts
+        self.counters: StaleCounters = GateCounters() if counters is None else counters
         # The applied version at which a wait last ran out: while the replica stays there (its
         # follower stopped), reads apply their policy at once instead of each waiting wait_s.
         self._stuck_at: int | None = None
@@ -197,7 +211,7 @@ class ConsistencyGate:
             except ReplicaBehindError:
                 pass  # a replica reloaded under us (resync): wait for it as for any other
         if self._stuck_at is None or self._stuck_at != state.applied_version:
-            self.counts[STALE_WAITS] += 1
+            self.counters.stale_waits += 1
             state = await self.progress.wait(
                 version=min_version, ts_ms=want_ts, timeout_s=self.wait_s
             )
@@ -220,7 +234,7 @@ class ConsistencyGate:
         window_s: float,
     ) -> tuple[T, bool]:
         if policy is StalePolicy.SOURCE:
-            self.counts[STALE_SOURCE] += 1
+            self.counters.stale_source += 1
             return await call(self.source, min_version), False
         if policy is StalePolicy.SERVE and state.applied_version >= min_version:
             try:
@@ -228,9 +242,9 @@ class ConsistencyGate:
             except ReplicaBehindError:
                 pass  # only if the replica was reloaded meanwhile: an error, below
             else:
-                self.counts[STALE_SERVED] += 1
+                self.counters.stale_served += 1
                 return answer, True
-        self.counts[STALE_ERRORS] += 1
+        self.counters.stale_errors += 1
         raise StaleMirrorError(
             self.region,
             staleness_s=staleness_s(state, now_ms()),
@@ -262,7 +276,3 @@ class ConsistencyGate:
                 hint="the write is committed at the source; other readers in this region "
                 "see it once the mirror's follower catches up (is its daemon running?)",
             )
-
-    def counters(self) -> dict[str, int]:
-        """The outcome counters so far (every name, zeros included)."""
-        return {name: self.counts[name] for name in COUNTER_NAMES}
