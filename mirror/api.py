@@ -1,4 +1,5 @@
-"""The region daemon's HTTP API: `GET /v1/status` (bearer token), answered as JSON.
+"""The region daemon's HTTP API: `GET /v1/status` (bearer token), answered as JSON, and
+`GET /metrics` (Prometheus, no token: scrapers rarely carry one), both from the same document.
 
 The same auth and error middlewares as the source nodes' API (volume/web.py): the volume's
 admin tokens and this mirror's own `mirror:NAME` token may read the status; another mirror's
@@ -13,7 +14,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from mirror.metrics import render_metrics
 from mirror.status import is_degraded
 from volume.tokens import MIRROR_PREFIX, TokenVerifier
 from volume.web import add_route, bearer_auth, json_errors, json_response
@@ -32,5 +35,11 @@ def build_app(verifier: TokenVerifier, mirror: str, status: StatusSource) -> web
     app = web.Application(
         middlewares=[bearer_auth(verifier, service="mirror"), json_errors(service="mirror")]
     )
+
+    async def get_metrics(request: web.Request) -> web.Response:
+        body = render_metrics(await status())
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
     add_route(app, "GET", "/v1/status", get_status, allow=[MIRROR_PREFIX + mirror])
+    app.router.add_get("/metrics", get_metrics)
     return app

@@ -25,6 +25,7 @@ from mirror.db import open_database
 from mirror.errors import MirrorError
 from mirror.follow import Follower
 from mirror.gc import MirrorGc
+from mirror.region_counters import RegionCounters
 from mirror.replicate import Replicator
 from mirror.stamp import Stamp, claim_for_daemon
 from mirror.status import region_status
@@ -54,10 +55,13 @@ async def run_region(region: MirrorRegion, stop: asyncio.Event) -> None:
         mirror_store = await open_store(region.bucket, name="mirror")
         source_store = await open_store(region.source_bucket, name="source")
         gc = MirrorGc(db, mirror_store, grace_s=region.gc_grace_s)
+        counters = RegionCounters(db)
         replicator = Replicator(db, source_store, mirror_store)
 
         async def status() -> dict[str, object]:
-            return await region_status(region, follower.status, replicator.queue, replicator, gc)
+            return await region_status(
+                region, follower.status, replicator.queue, replicator, gc, counters
+            )
 
         api = urlsplit(region.api)
         runner = web.AppRunner(build_app(region.verifier, region.name, status), access_log=None)
