@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from cli import dashboard, demo, files, mirror, source, tokens
-from cli.runtime import setup_logging
+from cli.logs import LogFormat, LogLevel, setup_logging
 
 app = typer.Typer(
     name="mirrorfs",
@@ -30,9 +30,14 @@ def main_options(
             help="Topology file (default ./mirrorfs.toml).",
         ),
     ] = None,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "warning",
+    log_level: Annotated[
+        LogLevel, typer.Option(case_sensitive=False, help="Least severe level logged (stderr).")
+    ] = LogLevel.WARNING,
+    log_format: Annotated[
+        LogFormat, typer.Option(help="auto: console on a terminal, JSON lines otherwise.")
+    ] = LogFormat.AUTO,
 ) -> None:
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
     ctx.obj = {"config": config}
 
 

@@ -211,14 +211,16 @@ async def ensure_sample_data(cfg: VolumeConfig) -> None:
 
 def print_tips(cfg: VolumeConfig, dashboard_url: str) -> None:
     c = f"mirrorfs --config {cfg.path}"
-    first = next(iter(cfg.mirrors), "eu")
+    names = sorted(cfg.mirrors)  # the same order on every run, whichever create finished first
+    first = names[0] if names else "eu"
     typer.echo("")
     typer.echo(
         f"mirrorfs demo is running: {len(cfg.source.nodes)} source nodes, "
-        f"mirrors {', '.join(cfg.mirrors) or 'none'}"
+        f"mirrors {', '.join(names) or 'none'}"
     )
     typer.echo(f"  dashboard: {dashboard_url}   (open it in a browser)")
-    for name, m in cfg.mirrors.items():
+    for name in names:
+        m = cfg.mirrors[name]
         typer.echo(f"  region {name}: status {m.api}/v1/status (bearer token in {cfg.path})")
     typer.echo("")
     typer.echo("try, in another terminal:")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from typing import Annotated, Any
 
 import aiohttp
@@ -9,13 +11,15 @@ import orjson
 import typer
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn
+from rich.table import Table
 
 from cli import replication
-from cli.runtime import config, fail, run, run_until_signalled
+from cli.logs import bind_process
+from cli.runtime import config, fail, mirror_region, run, run_until_signalled
 from cli.source import free_ports
 from mirror import STATUS_FIELDS, LoadStats, create_mirror, run_region
 from volume.client import SourceClient
-from volume.config import MirrorConfig, write_config
+from volume.config import MirrorConfig, VolumeConfig, write_config
 from volume.errors import MirrorRemovedError
 
 mirror_app = typer.Typer(help="Create, run and inspect mirror regions.")
@@ -90,14 +94,19 @@ def create(
 
 
 @mirror_app.command("run")
-def run_daemon(ctx: typer.Context, name: Annotated[str, typer.Argument()]) -> None:
-    """Run the region daemon (changelog follower and status API) until SIGTERM."""
-    region = config(ctx).mirror_region(name)
+def run_daemon(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="Mirror region to run")]
+) -> None:
+    """Run the region daemon (follower, replicator, GC, status API) until Ctrl-C or SIGTERM."""
+    _, region = mirror_region(ctx, name)
+    bind_process(volume=region.volume, region=name)
     run_until_signalled(lambda stop: run_region(region, stop))
 
 
 @mirror_app.command("remove")
-def remove(ctx: typer.Context, name: Annotated[str, typer.Argument()]) -> None:
+def remove(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="Mirror region to remove")]
+) -> None:
     """Unregister the mirror from the source (releasing its hold on retention and GC) and drop
     it from the config. Also removes a registration a `create` that died left behind. Its
     running daemon, if any, stops by itself within seconds."""
@@ -130,40 +139,110 @@ def remove(ctx: typer.Context, name: Annotated[str, typer.Argument()]) -> None:
     run(go())
 
 
+class StatusCallError(Exception):
+    """A status call that got no status document: refused (401/403), or not our API."""
+
+
 async def fetch_status(api: str, token: str) -> dict[str, Any]:
+    """The region daemon's status document. A degraded region answers 503 with the document
+    (state `degraded`, and why): that is a status, returned. Anything else that is not a
+    2xx JSON document raises StatusCallError with the code and the reason the daemon gave."""
     headers = {"Authorization": f"Bearer {token}"}
     timeout = aiohttp.ClientTimeout(total=5)
     async with (
         aiohttp.ClientSession(headers=headers, timeout=timeout) as s,
         s.get(f"{api.rstrip('/')}/v1/status") as resp,
     ):
-        data: dict[str, Any] = await resp.json()
-        return data
+        try:
+            data = await resp.json(content_type=None)
+        except ValueError:
+            data = None
+        if resp.status < 300 or (resp.status == 503 and isinstance(data, dict) and "state" in data):
+            if not isinstance(data, dict):
+                raise StatusCallError(f"HTTP {resp.status} without a JSON status document")
+            return data
+        reason = data.get("message") if isinstance(data, dict) else None
+        raise StatusCallError(f"HTTP {resp.status}: {reason or resp.reason}")
+
+
+# The human-readable status: the documented fields, and what tells a paused or held
+# replicator from a stuck one.
+SHOWN_FIELDS = (
+    *STATUS_FIELDS[: STATUS_FIELDS.index("blocks_failed") + 1],
+    "blocks_in_flight",
+    "blocks_retrying",
+    "paused",
+    "replicator_state",
+    "replicator_hold_reason",
+    "copy_bytes_per_s",
+    *STATUS_FIELDS[STATUS_FIELDS.index("blocks_failed") + 1 :],
+)
+TABLE_COLUMNS = {
+    "mirror": "mirror",
+    "state": "state",
+    "applied_version": "applied",
+    "lag_seconds": "lag s",
+    "window_s": "window s",
+    "blocks_pending": "pending",
+    "bytes_pending": "bytes pending",
+    "blocks_failed": "failed",
+    "paused": "paused",
+    "replicator_state": "replicator",
+}
+
+
+async def region_status(cfg: VolumeConfig, name: str) -> dict[str, Any]:
+    """One region's status document, or {"mirror", "state": "unreachable", "error"}."""
+    api = cfg.mirror(name).api
+    try:
+        return await fetch_status(api, cfg.token)
+    except (aiohttp.ClientError, TimeoutError, StatusCallError) as exc:
+        return {"mirror": name, "state": "unreachable", "api": api, "error": str(exc) or repr(exc)}
 
 
 @mirror_app.command("status")
 def status(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument()],
+    name: Annotated[
+        str | None, typer.Argument(help="Mirror region (default: every mirror of the volume)")
+    ] = None,
     json: Annotated[bool, typer.Option("--json", help="JSON output")] = False,
 ) -> None:
-    """State, applied version, lag and backlog of a running region daemon."""
+    """State, applied version, lag and backlog of region daemons. Exits 1 if a daemon does not
+    answer or refuses the call (each such region says why)."""
     cfg = config(ctx)
-    mcfg = cfg.mirror(name)
+    names = sorted(cfg.mirrors) if name is None else [name]
+    if name is not None:
+        mirror_region(ctx, name)  # an unknown name: the config's error, naming the known ones
+    if not names:
+        fail(f"{cfg.path} has no mirrors", hint="create one: mirrorfs mirror create NAME")
 
-    async def go() -> dict[str, Any]:
-        try:
-            return await fetch_status(mcfg.api, cfg.token)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            fail(
-                f"mirror {name!r} daemon does not answer at {mcfg.api}: {exc}",
-                f"start it: mirrorfs --config {cfg.path} mirror run {name}",
-            )
+    async def go() -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(region_status(cfg, n) for n in names)))
 
-    st = run(go())
+    docs = run(go())
+    failed = [d for d in docs if d.get("state") == "unreachable"]
     if json:
-        typer.echo(orjson.dumps(st, option=orjson.OPT_INDENT_2).decode())
-        return
-    console = Console()
-    for key in STATUS_FIELDS:
-        console.print(f"{key:>16}: {st.get(key)}")
+        out: Any = docs if name is None else docs[0]
+        typer.echo(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+    elif name is None:
+        table = Table(*TABLE_COLUMNS.values())
+        for d in docs:
+            table.add_row(*(_cell(d.get(k)) for k in TABLE_COLUMNS))
+        Console(width=200 if not sys.stdout.isatty() else None).print(table)
+    elif not failed:
+        console = Console()
+        for key in SHOWN_FIELDS:
+            console.print(f"{key:>22}: {docs[0].get(key)}", highlight=False)
+    for d in failed:
+        typer.echo(f"error: mirror {d['mirror']!r} status at {d['api']}: {d['error']}", err=True)
+    if failed:
+        if any("HTTP 40" in d["error"] for d in failed):
+            typer.echo("hint: check the token in the config (token create --scope admin)", err=True)
+        else:
+            typer.echo(f"hint: start it: mirrorfs --config {cfg.path} mirror run NAME", err=True)
+        raise typer.Exit(1)
+
+
+def _cell(value: object) -> str:
+    return "-" if value is None else str(value)

@@ -9,13 +9,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from contextlib import nullcontext
+from typing import Annotated, Any, TypeVar
 
 import orjson
 import typer
-from rich.progress import BarColumn, Progress, TextColumn
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cli.runtime import config, run, run_until_signalled
+from cli.logs import bind_process
+from cli.runtime import mirror_region, run, run_until_signalled
 from mirror import (
     CopyQueue,
     Database,
@@ -30,6 +33,8 @@ from volume.config import MirrorRegion
 
 T = TypeVar("T")
 WARMUP_POLL_S = 0.5
+WORKER_LINE_EVERY_S = 10.0
+MirrorName = Annotated[str, typer.Argument(help="Mirror region (a name in the config)")]
 
 
 def with_db(region: MirrorRegion, fn: Callable[[Database], Awaitable[T]]) -> T:
@@ -46,61 +51,79 @@ def register(mirror_app: typer.Typer) -> None:
         mirror_app.command(name)(fn)
 
 
-def pause(ctx: typer.Context, name: Annotated[str, typer.Argument()]) -> None:
+def pause(ctx: typer.Context, name: MirrorName) -> None:
     """Pause block replication (the follower keeps applying metadata)."""
-    region = config(ctx).mirror_region(name)
+    _, region = mirror_region(ctx, name)
     with_db(region, lambda db: CopyQueue(db).set_paused(True))
     typer.echo(f"replication of {name!r} paused")
 
 
-def resume(ctx: typer.Context, name: Annotated[str, typer.Argument()]) -> None:
+def resume(ctx: typer.Context, name: MirrorName) -> None:
     """Resume block replication."""
-    region = config(ctx).mirror_region(name)
+    _, region = mirror_region(ctx, name)
     with_db(region, lambda db: CopyQueue(db).set_paused(False))
     typer.echo(f"replication of {name!r} resumed")
 
 
-def retry(ctx: typer.Context, name: Annotated[str, typer.Argument()]) -> None:
+def retry(ctx: typer.Context, name: MirrorName) -> None:
     """Re-queue every block that failed (attempts reset)."""
-    region = config(ctx).mirror_region(name)
+    _, region = mirror_region(ctx, name)
     n = with_db(region, lambda db: CopyQueue(db).retry_failed())
     typer.echo(f"{n} failed block(s) re-queued")
 
 
 def warmup(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument()],
+    name: MirrorName,
     path: Annotated[str, typer.Argument(help="Everything under this path goes first")],
     wait: Annotated[bool, typer.Option(help="Show progress until copied")] = True,
 ) -> None:
-    """Copy the blocks under PATH before anything else, and show progress until they are in."""
-    region = config(ctx).mirror_region(name)
+    """Copy the blocks under PATH before anything else, and show progress until they are in.
 
-    async def go(db: Database) -> None:
+    Reports what remains to copy under PATH (however often it is run); on a paused mirror it
+    says so and exits 1 instead of waiting for copies that will not happen."""
+    _, region = mirror_region(ctx, name)
+
+    async def go(db: Database) -> int:
         queue = CopyQueue(db)
         raised = await queue.prioritise_path(path)
-        typer.echo(f"{raised} pending block(s) under {path} moved to the front of the queue")
-        if not wait or not raised:
-            return
+        left = await pending_under(db, path)
+        typer.echo(f"{left} block(s) under {path} still to copy ({raised} moved to the front)")
+        if left and await queue.is_paused():
+            typer.echo(
+                f"error: replication of {name!r} is paused: nothing will copy until"
+                f" `mirrorfs mirror resume {name}`",
+                err=True,
+            )
+            return 1
+        if not wait or not left:
+            return 0
+        total = left
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.completed}/{task.total} blocks"),
+            TimeElapsedColumn(),
         ) as bar:
-            task = bar.add_task(f"warming up {path}", total=raised)
-            while True:
-                left = await pending_under(db, path)
-                bar.update(task, completed=max(0, raised - left))
-                if left == 0:
-                    return
+            task = bar.add_task(f"warming up {path}", total=total)
+            while left:
                 await asyncio.sleep(WARMUP_POLL_S)
+                left = await pending_under(db, path)
+                bar.update(task, completed=max(0, total - left))
+                if left and await queue.is_paused():
+                    bar.console.print(f"replication of {name!r} was paused: {left} block(s) left")
+                    return 1
+        typer.echo(f"everything under {path} is copied")
+        return 0
 
-    with_db(region, go)
+    code = with_db(region, go)
+    if code:
+        raise typer.Exit(code)
 
 
 def verify_cmd(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument()],
+    name: MirrorName,
     path: Annotated[str | None, typer.Argument(help="Only under this path")] = None,
     repair: Annotated[
         bool, typer.Option("--repair", help="Re-copy what is missing or corrupt")
@@ -108,7 +131,7 @@ def verify_cmd(
     json: Annotated[bool, typer.Option("--json", help="JSON report")] = False,
 ) -> None:
     """Check that every copied block is in the mirror bucket with the right checksum."""
-    region = config(ctx).mirror_region(name)
+    _, region = mirror_region(ctx, name)
 
     async def go(db: Database) -> bool:
         mirror_store = await open_store(region.bucket, name="mirror")
@@ -139,11 +162,36 @@ def verify_cmd(
 
 def worker(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument()],
+    name: MirrorName,
     concurrency: Annotated[int, typer.Option(min=1, max=1024)] = 16,
     bandwidth: Annotated[float | None, typer.Option(help="Cap in bytes/s for this worker")] = None,
 ) -> None:
-    """Run extra copy workers for NAME (on this or another machine, same PostgreSQL)."""
-    region = config(ctx).mirror_region(name)
+    """Run extra copy workers for NAME (on this or another machine, same PostgreSQL) until
+    Ctrl-C or SIGTERM, showing what they copy: a live line on a terminal, a line every
+    10 s otherwise."""
+    _, region = mirror_region(ctx, name)
+    bind_process(volume=region.volume, region=name)
     options = ReplicatorConfig(concurrency=concurrency, bandwidth_bytes_per_s=bandwidth)
-    run_until_signalled(lambda stop: run_workers(region, stop, options))
+    console = Console(stderr=True)
+    with (
+        console.status("starting", spinner="dots") if console.is_terminal else nullcontext() as live
+    ):
+        last = [0.0]
+
+        def show(st: dict[str, Any]) -> None:
+            line = (
+                f"{name}: {st['replicator_state']}, copied {st['blocks_copied_since_start']:,}"
+                f" block(s) since start, {st['copy_bytes_per_s'] / 1e6:.1f} MB/s"
+                + (
+                    f", held: {st['replicator_hold_reason']}"
+                    if st["replicator_hold_reason"]
+                    else ""
+                )
+            )
+            if live is not None:
+                live.update(line)
+            elif time.monotonic() - last[0] >= WORKER_LINE_EVERY_S:
+                last[0] = time.monotonic()
+                typer.echo(line, err=True)
+
+        run_until_signalled(lambda stop: run_workers(region, stop, options, on_progress=show))

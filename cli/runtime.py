@@ -3,43 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
 import signal
-import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn, TypeVar
 
-import structlog
 import typer
 
 from mirror import MirrorError
 from objstore.errors import StoreError
-from volume.config import VolumeConfig, load_config
+from volume.config import MirrorRegion, VolumeConfig, load_config
 from volume.errors import ChangelogError
 
 T = TypeVar("T")
-
-
-def setup_logging(level: str = "warning") -> None:
-    """structlog to stderr; `MIRRORFS_LOG` (debug/info/warning) overrides the default."""
-    name = os.environ.get("MIRRORFS_LOG", level).upper()
-    lvl = logging.getLevelNamesMapping().get(name, logging.WARNING)
-    logging.basicConfig(level=lvl, stream=sys.stderr, format="%(message)s")
-    logging.getLogger("pysyncobj").setLevel(max(lvl, logging.WARNING))
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.dev.ConsoleRenderer(colors=False)
-            if sys.stderr.isatty()
-            else structlog.processors.JSONRenderer(),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
-    )
 
 
 def fail(message: str, hint: str | None = None, code: int = 1) -> NoReturn:
@@ -80,5 +55,15 @@ def config(ctx: typer.Context) -> VolumeConfig:
     path = ctx.obj.get("config") if ctx.obj else None
     try:
         return load_config(path, on_warning=lambda line: typer.echo(f"warning: {line}", err=True))
+    except ChangelogError as exc:
+        fail(exc.message, exc.hint)
+
+
+def mirror_region(ctx: typer.Context, name: str) -> tuple[VolumeConfig, MirrorRegion]:
+    """The config and the named mirror region resolved from it; an unknown name is the
+    config's one-line error (naming the known mirrors), never a traceback."""
+    cfg = config(ctx)
+    try:
+        return cfg, cfg.mirror_region(name)
     except ChangelogError as exc:
         fail(exc.message, exc.hint)

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from changelog import serve_node
+from cli.logs import bind_process
 from cli.runtime import config, fail, run, run_until_signalled
 from volume.client import SourceClient
 from volume.config import (
@@ -26,9 +27,12 @@ from volume.config import (
     new_volume_id,
     write_config,
 )
+from volume.errors import ChangelogError
+from volume.records import MIRROR_ACK, TICK
 
 source_app = typer.Typer(help="Run and inspect the source region's metadata nodes.")
 STATUS_TIMEOUT_S = 3.0
+BOOKKEEPING_OPS = frozenset({TICK, MIRROR_ACK})
 
 
 def free_ports(n: int) -> list[int]:
@@ -105,9 +109,10 @@ def serve(
     ctx: typer.Context,
     node: Annotated[int, typer.Option("--node", "-n", help="Node id (1..n)")],
 ) -> None:
-    """Run one source node (Raft member + HTTP API) until SIGTERM."""
+    """Run one source node (Raft member + HTTP API) until Ctrl-C or SIGTERM."""
     cfg = config(ctx)
-    cfg.node(node)  # a clear error for a bad id before anything starts
+    node_api(cfg, node)  # a clear error for a bad id before anything starts
+    bind_process(volume=cfg.name, node=node)
     run_until_signalled(lambda stop: serve_node(cfg, node, stop))
 
 
@@ -145,7 +150,8 @@ def status(
                 str(r.get("applied_version", "-")),
                 str(r.get("head_ts", "-")),
             )
-        console = Console()
+        # Off a terminal rich assumes 80 columns and would cut the API URLs: never cut them.
+        console = Console(width=None if sys.stdout.isatty() else 200)
         console.print(table)
         print_stale_registrations(console, rows, cfg)
     if not any(r["reachable"] for r in rows):
@@ -188,15 +194,30 @@ def changelog(
     from_version: Annotated[int, typer.Option("--from", min=1, help="First version to print")] = 1,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep streaming")] = False,
     node: Annotated[int | None, typer.Option(help="Read from this node only")] = None,
+    all_records: Annotated[
+        bool,
+        typer.Option("--all", help="Also the source's bookkeeping: ticks and mirror acks"),
+    ] = False,
 ) -> None:
-    """Print changelog records as JSON lines, like `juicefs changelog`."""
+    """Print changelog records as JSON lines, like `juicefs changelog`. Ticks and mirror acks
+    (most records of an idle volume) are left out unless --all."""
     cfg = config(ctx)
+    url = node_api(cfg, node) if node else None
 
     async def main() -> None:
-        url = cfg.node(node).api if node else None
         async with SourceClient(cfg.api_urls, cfg.token) as client:
             async for rec in client.stream(from_version, follow=follow, node=url):
+                if not all_records and rec.op in BOOKKEEPING_OPS:
+                    continue
                 sys.stdout.buffer.write(orjson.dumps(rec.to_dict()) + b"\n")
                 sys.stdout.flush()
 
     run(main())
+
+
+def node_api(cfg: VolumeConfig, node: int) -> str:
+    """The API URL of node `node`; a bad id is the config's one-line error."""
+    try:
+        return cfg.node(node).api
+    except ChangelogError as exc:
+        fail(exc.message, exc.hint)
