@@ -21,6 +21,7 @@ import asyncpg
 from mirror.embedded import EmbeddedPostgres, attach_embedded
 from mirror.errors import MirrorDbError, MirrorError
 from volume.config import MirrorRegion
+from volume.errors import ChangelogError
 
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 # 0: with a floor, asyncpg's pool keeps reconnecting while the server is away and logs a
@@ -147,12 +148,14 @@ _BROKEN = (
 def translating(dsn: str) -> Iterator[None]:
     """Turn asyncpg/OS errors raised inside the block into MirrorDbError (`dsn` masked).
 
-    A MirrorError raised inside passes through unchanged. ValueError is translated too: asyncpg
-    raises it for a malformed DSN and for arguments it cannot encode, never our own code here.
+    A MirrorError raised inside passes through unchanged, and so does the volume's own error
+    tree (a replica read's FsError is an OSError too, and must stay an FsError). ValueError is
+    translated too: asyncpg raises it for a malformed DSN and for arguments it cannot encode,
+    never our own code here.
     """
     try:
         yield
-    except MirrorError:
+    except (MirrorError, ChangelogError):
         raise
     except _TRANSLATED as exc:
         raise translate(exc, dsn) from exc
