@@ -1,7 +1,9 @@
 """Writing a file: check the destination, upload blocks to the source bucket, then commit.
 
 The order is the whole point: a committed record never names a block that is not in the source
-bucket, so no reader anywhere can find metadata pointing at nothing.
+bucket, so no reader anywhere can find metadata pointing at nothing. (A put in a mirror region
+with `copy_writes` also copies each block into the region's bucket after the source has it:
+fallback/mirror_copy.py.)
 
 Nothing leaks, in three layers:
 - The destination is checked before anything is uploaded (a directory, a trailing slash, a bad
@@ -43,6 +45,7 @@ from typing import Any, BinaryIO
 
 import structlog
 
+from fallback.mirror_copy import MirrorCopy
 from fallback.source_view import SourceView
 from objstore import ObjectStore
 from objstore.checksum import checksum
@@ -123,6 +126,7 @@ class _Piece:
     size: int
     keys: list[str]
     checksums: list[str] = field(default_factory=list)
+    mirrored: list[int] = field(default_factory=list)  # block indices also in a mirror bucket
 
     def write_op(self, path: str) -> dict[str, Any]:
         return {
@@ -301,9 +305,12 @@ class _Put:
         mode: int,
         uid: int,
         gid: int,
+        mirror: MirrorCopy | None = None,
     ) -> None:
         self.client = client
         self.store = store
+        self.mirror = mirror
+        self.mirrored: list[tuple[int, int]] = []  # committed blocks also in the mirror bucket
         self.dest = dest
         self.policy = policy
         self.mode = mode
@@ -347,6 +354,8 @@ class _Put:
         item = _Piece(slice_id, self.size, len(piece), keys)
         self.uncommitted.append(item)  # before the upload: a failed one leaves some blocks
         item.checksums = await upload_slice(self.store, slice_id, piece)
+        if self.mirror is not None:  # after the source: a committed block is always there
+            item.mirrored = await self.mirror.put_slice(slice_id, piece)
         self.size += len(piece)
 
     async def _flush(self) -> None:
@@ -399,6 +408,12 @@ class _Put:
             raise
         writes = result.results[len(before) : len(before) + len(pieces)]
         self.uncommitted = [p for p, r in zip(pieces, writes, strict=True) if not r.get("ok")]
+        self.mirrored += [
+            (p.slice_id, i)
+            for p, r in zip(pieces, writes, strict=True)
+            if r.get("ok")
+            for i in p.mirrored
+        ]
         self.committed += len(pieces) - len(self.uncommitted)
         self.version = max(self.version, result.version)
         result.raise_first_error()
@@ -422,12 +437,15 @@ class _Put:
         remove the parents this put made if still empty; best effort (what is left is the
         sweeper's, or the next put's, to remove)."""
         keys = [key for piece in self.uncommitted for key in piece.keys]
+        copies = [piece.keys[i] for piece in self.uncommitted for i in piece.mirrored]
         self.uncommitted = []
         for key in keys:
             try:
                 await self.store.delete(key)
             except StoreError as exc:
                 log.warning("put.cleanup_delete_failed", key=key, error=str(exc))
+        if self.mirror is not None:
+            await self.mirror.discard(copies)
         if self.temp is not None:
             try:
                 await self.client.op("unlink", path=self.temp, uid=self.uid, gid=self.gid)
@@ -452,6 +470,7 @@ async def write_file(
     parents: bool = True,
     policy: WritePolicy | None = None,
     min_version: int = 0,
+    mirror: MirrorCopy | None = None,
 ) -> WriteResult:
     """Replace `path` with the contents of `f` (created if missing, parents too unless
     `parents` is off). Returns the version of the commit that made the new content visible.
@@ -460,11 +479,15 @@ async def write_file(
     or the op's FsError after (the put's blocks are deleted, nothing of it is visible); a read
     error of `f` or a bucket error likewise leaves nothing behind. Not idempotent: a retry is a
     new put (the destination ends with the content of the last one to commit).
+
+    `mirror` (a put in a mirror region with `copy_writes`): each block also goes into the
+    region's bucket, and once the local replica shows the write, is marked copied there
+    (fallback/mirror_copy.py: best effort, never failing the put).
     """
     policy = policy or WritePolicy()
     view = SourceView(client, uid=uid, gid=gid)
     dest = await check_destination(view, path, parents=parents, min_version=min_version)
-    put = _Put(client, store, dest, policy, mode=mode, uid=uid, gid=gid)
+    put = _Put(client, store, dest, policy, mode=mode, uid=uid, gid=gid, mirror=mirror)
     sweep: asyncio.Task[int] | None = None
     if not dest.missing:  # beside the upload, so it costs the put no latency
         sweep = asyncio.create_task(
@@ -488,4 +511,6 @@ async def write_file(
         raise
     if sweep is not None:
         await sweep
+    if mirror is not None:
+        await mirror.mark_copied(result.version, put.mirrored)
     return result

@@ -15,7 +15,7 @@ import os
 import secrets
 import stat
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ DEFAULT_TICK_INTERVAL_S = 0.2
 DEFAULT_RETENTION_MIN_S = 2 * 3600.0
 DEFAULT_RETENTION_MIN_RECORDS = 100_000
 DEFAULT_WINDOW_S = 5.0
+DEFAULT_COPY_CONCURRENCY = 16
 CONFIG_MODE = 0o600  # owner read/write only: the file holds the volume's secrets
 # How long the source remembers a committed request, so a retry gets the first answer instead
 # of applying it twice (a retry after it is refused). It must outlast every client's retry
@@ -99,10 +100,20 @@ class MirrorConfig(_Strict):
     data_dir: str
     dsn: str = Field(default="", description="PostgreSQL DSN; empty: an embedded server")
     window_s: float = Field(default=DEFAULT_WINDOW_S, ge=0)
+    # A put from this region also PUTs its blocks into this region's bucket and marks them
+    # copied once the replica shows the write: the copy is there at once and the replicator
+    # never fetches them back across the boundary (DESIGN section 6, "Write").
+    copy_writes: bool = False
     token: str = Field(
         default="",
         description="this mirror's own `mirror:NAME` token (minted by `mirror create`) for the "
         "source API; empty (a mirror created before scopes): the volume's admin token",
+    )
+    # The region daemon's block copier (`mirror worker` takes its own flags, defaulting to
+    # these). 16 copies in flight keep one S3 bucket busy from one core (bench_replication).
+    copy_concurrency: int = Field(default=DEFAULT_COPY_CONCURRENCY, ge=1, le=1024)
+    copy_bandwidth_bytes_per_s: float = Field(
+        default=0, ge=0, description="cap on the copier's source reads; 0: no cap"
     )
 
 
@@ -118,6 +129,9 @@ class VolumeConfig(_Strict):
     source: SourceConfig
     mirrors: dict[str, MirrorConfig] = Field(default_factory=dict)
     path: Path | None = Field(default=None, exclude=True)
+    # Keys whose value came from the environment (ENV_SECRETS), with the file's own value:
+    # writing the config back keeps the file's, so a secret given by env never lands in it.
+    from_env: dict[str, str] = Field(default_factory=dict, exclude=True)
 
     def resolve(self, p: str) -> Path:
         """A path from the file, made absolute against the file's directory."""
@@ -169,6 +183,9 @@ class VolumeConfig(_Strict):
             data_dir=self.resolve(m.data_dir),
             dsn=m.dsn,
             window_s=m.window_s,
+            copy_concurrency=m.copy_concurrency,
+            copy_bandwidth_bytes_per_s=m.copy_bandwidth_bytes_per_s,
+            copy_writes=m.copy_writes,
         )
 
 
@@ -189,6 +206,9 @@ class MirrorRegion:
     data_dir: Path  # absolute
     dsn: str  # "" = the embedded PostgreSQL under data_dir/pg
     window_s: float
+    copy_concurrency: int = DEFAULT_COPY_CONCURRENCY
+    copy_bandwidth_bytes_per_s: float = 0.0  # 0: no cap
+    copy_writes: bool = False
 
     @property
     def embedded_pg_dir(self) -> Path:
@@ -249,11 +269,55 @@ def load_config(
         data = tomllib.loads(raw.decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"not valid TOML: {exc}", path=str(path)) from None
-    return parse_config(data, path)
+    return with_env_secrets(parse_config(data, path), os.environ)
+
+
+ENV_SECRETS = {
+    "MIRRORFS_TOKEN": "token",
+    "MIRRORFS_SECRET": "secret",
+    "MIRRORFS_MIRROR_{NAME}_TOKEN": "mirrors.{name}.token",
+    "MIRRORFS_MIRROR_{NAME}_DSN": "mirrors.{name}.dsn",
+}
+
+
+def with_env_secrets(cfg: VolumeConfig, environ: Mapping[str, str]) -> VolumeConfig:
+    """The config with the secrets the environment sets (ENV_SECRETS; {NAME} is the mirror's
+    name upper-cased, '-' as '_'), so a deployment can keep them out of the file. An empty
+    variable is ignored. Raises ConfigError naming the variable for a value that fails the
+    key's checks."""
+    from_env: dict[str, str] = {}
+    top: dict[str, Any] = {}
+    for var, key in (("MIRRORFS_TOKEN", "token"), ("MIRRORFS_SECRET", "secret")):
+        if environ.get(var):
+            top[key], from_env[key] = environ[var], getattr(cfg, key)
+    mirrors = dict(cfg.mirrors)
+    for name, m in cfg.mirrors.items():
+        env_name = name.upper().replace("-", "_")
+        changes: dict[str, str] = {}
+        for field_name in ("token", "dsn"):
+            value = environ.get(f"MIRRORFS_MIRROR_{env_name}_{field_name.upper()}")
+            if value:
+                changes[field_name] = value
+                from_env[f"mirrors.{name}.{field_name}"] = getattr(m, field_name)
+        if changes:
+            mirrors[name] = m.model_copy(update=changes)
+    if not from_env:
+        return cfg
+    data = {**cfg.model_dump(), **top, "mirrors": {k: v.model_dump() for k, v in mirrors.items()}}
+    try:
+        checked = VolumeConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{first['msg']} (set by the environment)", key=key) from None
+    return checked.model_copy(update={"path": cfg.path, "from_env": from_env})
 
 
 def dump_config(cfg: VolumeConfig) -> str:
-    """TOML text of a config (the writer side of `init` and `mirror create`)."""
+    """TOML text of a config (the writer side of `init` and `mirror create`). Values that came
+    from the environment are written as the file had them."""
+    if cfg.from_env:
+        cfg = _file_values(cfg)
     lines = [f"name = {_q(cfg.name)}"]
     if cfg.id:
         lines.append(f"id = {_q(cfg.id)}")
@@ -272,6 +336,17 @@ def dump_config(cfg: VolumeConfig) -> str:
         lines += ["", f"[mirrors.{_q(name)}]"]
         lines += [f"{k} = {_v(v)}" for k, v in mirror.model_dump().items()]
     return "\n".join(lines) + "\n"
+
+
+def _file_values(cfg: VolumeConfig) -> VolumeConfig:
+    top = {k: v for k, v in cfg.from_env.items() if "." not in k}
+    mirrors = dict(cfg.mirrors)
+    for key, value in cfg.from_env.items():
+        if key.startswith("mirrors."):
+            _, name, field_name = key.split(".", 2)
+            if name in mirrors:
+                mirrors[name] = mirrors[name].model_copy(update={field_name: value})
+    return cfg.model_copy(update={**top, "mirrors": mirrors, "from_env": {}})
 
 
 def readable_by_others(path: Path) -> str | None:
