@@ -5,7 +5,17 @@ May import volume and objstore; never changelog or mirror.
 """
 
 from fallback.client import FsClient
+from fallback.fetch import FallbackBlocks, ReadCounters
 from fallback.view import ChunkMap, MetadataView
-from fallback.writer import WriteResult
+from fallback.writer import DEFAULT_UPLOAD_CONCURRENCY, WritePolicy, WriteResult
 
-__all__ = ["ChunkMap", "FsClient", "MetadataView", "WriteResult"]
+__all__ = [
+    "DEFAULT_UPLOAD_CONCURRENCY",
+    "ChunkMap",
+    "FallbackBlocks",
+    "FsClient",
+    "MetadataView",
+    "ReadCounters",
+    "WritePolicy",
+    "WriteResult",
+]

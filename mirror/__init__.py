@@ -9,6 +9,7 @@ from mirror.daemon import run_region
 from mirror.db import Database, open_database
 from mirror.errors import MirrorError
 from mirror.follow import LoadStats
+from mirror.region_blocks import RegionBlocks
 from mirror.replicate import (
     CopyQueue,
     ReplicatorConfig,
@@ -17,6 +18,7 @@ from mirror.replicate import (
     verify,
 )
 from mirror.status import STATUS_FIELDS
+from mirror.view import ReplicaView
 from mirror.worker import run_workers
 
 __all__ = [
@@ -26,6 +28,8 @@ __all__ = [
     "Database",
     "LoadStats",
     "MirrorError",
+    "RegionBlocks",
+    "ReplicaView",
     "ReplicatorConfig",
     "VerifyReport",
     "create_mirror",

@@ -1,0 +1,115 @@
+"""The client's `MetadataView` (fallback/view.py) over a mirror region's PostgreSQL replica.
+
+Every call is one read-only repeatable-read transaction whose first statement reads the
+watermark: the snapshot is taken there, so the answer is the replica at exactly that
+`applied_version`, which is the version the call returns. A file resolves in one such
+transaction (its inode, the chunk maps of the range and the copy state of every block of those
+slices), so a read never mixes two versions, nor trusts a block state of another version.
+
+Answers and errors are the source's (changelog/api.py `get_meta`): the same FsError errnos and
+messages, BadRequestError for a bad range. One difference: the replica checks no permissions
+(it has no caller identity; see mirror/replica.py). A session that saw a newer version than
+the replica has applied gets `ReplicaBehindError` (the consistency gate waits or asks the
+source); this view never waits itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import asyncpg
+
+from mirror.db import Database
+from mirror.replica import block_states_in, chunk_in, lookup_in, read_watermark, readdir_in
+from volume.errors import BadRequestError, ReplicaBehindError
+from volume.fileversion import ChunkMap, FileVersion
+from volume.inode import CHUNK_SIZE, Inode, SliceRef
+
+# The source's caps (changelog/api.py), repeated so both regions refuse the same requests.
+MAX_READDIR_LIMIT = 10_000
+MAX_CHUNKS_PER_FILE_READ = 65_536
+
+_SQL_CHUNKS = (
+    "SELECT r.chunk_index, r.slice_id, r.size, r.off, r.len, r.pos, s.checksums"
+    " FROM chunk_refs r JOIN slices s ON s.id = r.slice_id"
+    " WHERE r.ino = $1 AND r.chunk_index >= $2 AND r.chunk_index < $3"
+    " ORDER BY r.chunk_index, r.ord"
+)
+
+
+class ReplicaView:
+    """Metadata of mirror region `region` from its replica database `db`."""
+
+    def __init__(self, db: Database, region: str) -> None:
+        self.db = db
+        self.region = region
+
+    @contextlib.asynccontextmanager
+    async def _snapshot(self, min_version: int) -> AsyncIterator[tuple[asyncpg.Connection, int]]:
+        """(connection in a read-only repeatable-read transaction, its applied_version)."""
+        async with (
+            self.db.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            applied, _ = await read_watermark(conn)  # first statement: the snapshot's version
+            if min_version > applied:
+                raise ReplicaBehindError(self.region, applied, min_version)
+            yield conn, applied
+
+    async def applied_version(self) -> int:
+        """The replica's applied_version now (for a gate deciding whether to wait)."""
+        async with self.db.acquire() as conn:
+            return (await read_watermark(conn))[0]
+
+    async def lookup(self, path: str, *, min_version: int = 0) -> tuple[int, Inode]:
+        async with self._snapshot(min_version) as (conn, version):
+            return version, await lookup_in(conn, path)
+
+    async def readdir(
+        self, path: str, *, after: str = "", limit: int = 1000, min_version: int = 0
+    ) -> tuple[int, list[tuple[str, Inode]]]:
+        async with self._snapshot(min_version) as (conn, version):
+            return version, await readdir_in(conn, path, after, min(limit, MAX_READDIR_LIMIT))
+
+    async def chunk(self, ino: int, index: int, *, min_version: int = 0) -> ChunkMap:
+        async with self._snapshot(min_version) as (conn, _):
+            refs, checksums = await chunk_in(conn, ino, index)
+        return ChunkMap(refs, checksums)
+
+    async def resolve_file(
+        self, path: str, *, offset: int = 0, length: int | None = None, min_version: int = 0
+    ) -> FileVersion:
+        chunks: dict[int, ChunkMap] = {}
+        async with self._snapshot(min_version) as (conn, version):
+            inode = await lookup_in(conn, path)
+            indexes = chunk_range(inode, offset, length)
+            if not indexes:
+                return FileVersion(version, inode, {}, {})
+            rows = await conn.fetch(_SQL_CHUNKS, inode.ino, indexes.start, indexes.stop)
+            states = await block_states_in(conn, (r["slice_id"] for r in rows))
+        for index in indexes:
+            chunks[index] = ChunkMap([], {})
+        for r in rows:
+            cmap = chunks[r["chunk_index"]]
+            cmap.slices.append(SliceRef(r["slice_id"], r["size"], r["off"], r["len"], r["pos"]))
+            cmap.checksums[r["slice_id"]] = list(r["checksums"])
+        return FileVersion(version, inode, chunks, states)
+
+
+def chunk_range(inode: Inode, offset: int, length: int | None) -> range:
+    """The chunk indexes a read of [offset, offset+length) needs, clipped at the file's size
+    (none for a directory or symlink: the reader refuses those by their attributes). The
+    source's rule and errors (changelog/api.py `_chunk_range`)."""
+    if offset < 0 or (length is not None and length < 0):
+        raise BadRequestError("'offset' and 'length' must be >= 0")
+    end = inode.size if length is None else min(inode.size, offset + length)
+    if not inode.is_file or end <= offset:
+        return range(0)
+    chunks = range(offset // CHUNK_SIZE, (end - 1) // CHUNK_SIZE + 1)
+    if len(chunks) > MAX_CHUNKS_PER_FILE_READ:
+        raise BadRequestError(
+            f"a file read resolves at most {MAX_CHUNKS_PER_FILE_READ} chunks"
+            f" ({MAX_CHUNKS_PER_FILE_READ * CHUNK_SIZE >> 40} TiB) at once; read in ranges"
+        )
+    return chunks
