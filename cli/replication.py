@@ -163,15 +163,21 @@ def verify_cmd(
 def worker(
     ctx: typer.Context,
     name: MirrorName,
-    concurrency: Annotated[int, typer.Option(min=1, max=1024)] = 16,
-    bandwidth: Annotated[float | None, typer.Option(help="Cap in bytes/s for this worker")] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(min=1, max=1024, help="Copies in flight (default: copy_concurrency)"),
+    ] = None,
+    bandwidth: Annotated[
+        float | None,
+        typer.Option(min=1, help="Cap in bytes/s (default: copy_bandwidth_bytes_per_s)"),
+    ] = None,
 ) -> None:
     """Run extra copy workers for NAME (on this or another machine, same PostgreSQL) until
     Ctrl-C or SIGTERM, showing what they copy: a live line on a terminal, a line every
     10 s otherwise."""
     _, region = mirror_region(ctx, name)
     bind_process(volume=region.volume, region=name)
-    options = ReplicatorConfig(concurrency=concurrency, bandwidth_bytes_per_s=bandwidth)
+    options = ReplicatorConfig.of(region, concurrency=concurrency, bandwidth_bytes_per_s=bandwidth)
     console = Console(stderr=True)
     with (
         console.status("starting", spinner="dots") if console.is_terminal else nullcontext() as live

@@ -26,7 +26,7 @@ from mirror.errors import MirrorError
 from mirror.follow import Follower
 from mirror.gc import MirrorGc
 from mirror.region_counters import RegionCounters
-from mirror.replicate import Replicator
+from mirror.replicate import Replicator, ReplicatorConfig
 from mirror.stamp import Stamp, claim_for_daemon
 from mirror.status import region_status
 from objstore import open_store
@@ -56,7 +56,7 @@ async def run_region(region: MirrorRegion, stop: asyncio.Event) -> None:
         source_store = await open_store(region.source_bucket, name="source")
         gc = MirrorGc(db, mirror_store, grace_s=region.gc_grace_s)
         counters = RegionCounters(db)
-        replicator = Replicator(db, source_store, mirror_store)
+        replicator = Replicator(db, source_store, mirror_store, ReplicatorConfig.of(region))
 
         async def status() -> dict[str, object]:
             return await region_status(

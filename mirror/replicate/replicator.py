@@ -42,6 +42,7 @@ from mirror.replicate.queue import (
     Failure,
 )
 from objstore import BandwidthLayer, ObjectStore, TokenBucket, open_store
+from volume.config import MirrorRegion
 
 log = structlog.get_logger(__name__)
 
@@ -132,6 +133,15 @@ class ReplicatorConfig:
     check_existing: bool = True  # look in the mirror bucket before copying (see PresenceCheck)
     poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
     worker_id: str | None = None  # None: host:pid:random
+
+    @classmethod
+    def of(cls, region: MirrorRegion, **overrides: Any) -> ReplicatorConfig:
+        """The region's configured copier (mirrorfs.toml), with `overrides` on top."""
+        base: dict[str, Any] = {
+            "concurrency": region.copy_concurrency,
+            "bandwidth_bytes_per_s": region.copy_bandwidth_bytes_per_s or None,
+        }
+        return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
