@@ -6,10 +6,10 @@ answer is stale (`serve` policy). The client without a gate (the source region) 
 source and is never stale.
 
 `ConsistencyGate` is the mirror region's gate. A read that starts at local time `now` with
-window `W` must reflect every record the source committed before `now - W` (on the source's
-clock): the replica serves it when it has applied a record stamped at or after that, and the
-session's `min_version` (what it already saw or wrote: reads never go back in time). Otherwise
-the gate waits for the replica (`ReplicaProgress.wait`, at most `wait_s`), then applies the
+window `W` must reflect every record the source stamped at or before `now - W` (source clock):
+the replica serves it when it has applied a record stamped after that, and the session's
+`min_version` (what it already saw or wrote: reads never go back in time). Otherwise the gate
+waits for the replica (`ReplicaProgress.wait`, at most `wait_s`), then applies the
 policy: `source` runs the call on the source view (with the same `min_version`, so still
 monotonic), `error` raises StaleMirrorError, `serve` answers from the replica flagged stale
 (when the replica is behind the session itself, serving it would go back in time: that is a
@@ -133,7 +133,8 @@ def staleness_s(state: ReplicaState, local_now_ms: int) -> float:
 
 
 def is_fresh(state: ReplicaState, *, version: int, ts_ms: int) -> bool:
-    """Applied `version`, and every record the source stamped before `ts_ms`."""
+    """Applied `version`, and every record the source stamped before `ts_ms` (ts is
+    non-decreasing in version order: a record stamped at or after it is applied)."""
     return state.applied_version >= version and state.applied_ts_ms >= ts_ms
 
 
@@ -204,7 +205,9 @@ class ConsistencyGate:
     ) -> tuple[T, bool]:
         window_s, policy = self._bound(bound)
         state = await self.progress.current()
-        want_ts = source_now_ms(state, now_ms()) - round(window_s * 1000)
+        # +1: a record stamped exactly at now - W must be in too, and the replica is known to
+        # hold every record stamped before its applied_ts, not all of those stamped at it.
+        want_ts = source_now_ms(state, now_ms()) - round(window_s * 1000) + 1
         if is_fresh(state, version=min_version, ts_ms=want_ts):
             try:
                 return await call(self.replica, min_version), False
