@@ -13,6 +13,7 @@ import orjson
 import psutil
 
 from tests.test_cli import mfs
+from volume.config import load_config
 
 
 def start_demo(directory: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -21,7 +22,7 @@ def start_demo(directory: Path, log: Path) -> subprocess.Popen[bytes]:
             [sys.executable, "-m", "cli", "demo", "--dir", str(directory), "--mirrors", "1"],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "MIRRORFS_LOG": "warning"},
+            env={**os.environ, "MIRRORFS_LOG": "info"},  # every line a daemon logs: see below
         )
 
 
@@ -74,9 +75,22 @@ def test_demo_runs_answers_stops_and_resumes(tmp_path: Path) -> None:
         st = orjson.loads(mfs("mirror", "status", "eu", "--json", config=cfg).stdout)
         assert st["mirror"] == "eu"
         stop_demo(proc, signal.SIGTERM)
+        assert_no_secret_logged(cfg, [log, log2, *(directory / "logs").glob("*.log")])
     finally:
         if proc.poll() is None:
             stop_demo(proc, signal.SIGKILL)
+
+
+def assert_no_secret_logged(cfg_path: Path, logs: list[Path]) -> None:
+    """No token, no Raft secret in any line the demo or its children logged."""
+    cfg = load_config(cfg_path)
+    secrets = {"admin token": cfg.token, "secret": cfg.secret}
+    secrets |= {f"mirror {n} token": m.token for n, m in cfg.mirrors.items() if m.token}
+    assert len(logs) >= 5, logs  # the demo, its dashboard, 3 nodes, the region...
+    for path in logs:
+        text = path.read_text(errors="replace")
+        for what, value in secrets.items():
+            assert value not in text, f"{what} in {path}"
 
 
 def test_children_go_when_the_demo_is_killed(tmp_path: Path) -> None:
