@@ -132,6 +132,8 @@ class FaultProxy:
         self._seen_log: collections.deque[tuple[str, str]] = collections.deque(
             maxlen=SEEN_LOG_LENGTH
         )
+        # (method, path) -> response body bytes sent to clients: what the upstream "served"
+        self._body_bytes: collections.Counter[tuple[str, str]] = collections.Counter()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -261,6 +263,12 @@ class FaultProxy:
         """(method, raw path with query) of the requests seen, oldest first (last 10,000)."""
         with self._lock:
             return list(self._seen_log)
+
+    def body_bytes(self) -> dict[tuple[str, str], int]:
+        """Response body bytes sent per (method, path without query), since start or `reset()`:
+        an egress meter independent of the client under test."""
+        with self._lock:
+            return dict(self._body_bytes)
 
     # -- the proxy itself --------------------------------------------------------------------
 
@@ -414,6 +422,8 @@ class FaultProxy:
                         chunk = chunk[:at] + bytes([chunk[at] ^ 0x01]) + chunk[at + 1 :]
                     offset += len(chunk)
                     await response.write(chunk)
+                    with self._lock:
+                        self._body_bytes[request.method, request.path] += len(chunk)
                 await response.write_eof()
                 return response
         except (TimeoutError, aiohttp.ClientError, OSError):
