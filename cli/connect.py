@@ -9,26 +9,36 @@ from every region.
 from __future__ import annotations
 
 import contextlib
+import os
 
 from fallback import (
+    DEFAULT_STALE_WAIT_S,
     DEFAULT_UPLOAD_CONCURRENCY,
+    ConsistencyGate,
     FallbackBlocks,
     FsClient,
+    MirrorCopy,
     ReadCounters,
+    SourceView,
+    StalePolicy,
     WritePolicy,
 )
-from mirror import RegionBlocks, ReplicaView, open_database
+from mirror import RegionBlocks, ReplicaView, ReplicaWatermark, open_database
 from objstore import ConcurrencyLayer, open_store
 from volume.client import SourceClient
 from volume.config import VolumeConfig
 
 SOURCE = "source"
 # The client's queries use one or two connections at a time; the region's claims hold one
-# more for the life of the client (mirror/claims.py).
-CLIENT_POOL_SIZE = 4
+# more for the life of the client (mirror/claims.py), and so does the consistency gate's
+# LISTEN for the watermark once a read has waited (mirror/watermark.py).
+CLIENT_POOL_SIZE = 5
 # The mirror bucket is local and a miss is answered by the source: do not back off for long
 # on a failing one before falling back.
 MIRROR_GET_ATTEMPTS = 3
+# A read over its window waits for the replica at least this many source ticks (a following
+# replica moves every tick): with a slow ticker configured, the default wait would be shorter.
+STALE_WAIT_TICKS = 5
 
 
 async def open_client(
@@ -37,9 +47,16 @@ async def open_client(
     *,
     uid: int | None = None,
     gid: int | None = None,
+    window_s: float | None = None,
+    policy: StalePolicy | str | None = None,
 ) -> FsClient:
     """A client reading through `region` (None or "source": the source region). Raises
-    ConfigError naming the region if the config has no such mirror."""
+    ConfigError naming the region if the config has no such mirror.
+
+    In a mirror, reads are held to `window_s` (None: the region's `window_s` from the config)
+    with `policy` when the replica is staler (None: `source`); a call's ReadBound overrides
+    both (fallback/consistency.py). The source region is never stale: both are ignored there.
+    ValueError for a negative window or an unknown policy."""
     if region in (None, "", SOURCE):
         return await FsClient.for_source(cfg, uid=uid, gid=gid)
     mirror = cfg.mirror_region(region)  # ConfigError for an unknown name, before any opening
@@ -61,10 +78,26 @@ async def open_client(
         # writes and for fallback reads alike. FsClient closes it.
         source_store = ConcurrencyLayer(source_raw, DEFAULT_UPLOAD_CONCURRENCY)
         counters = ReadCounters()  # the gate's stale_* outcomes count here too
-        blocks = FallbackBlocks(mirror_store, source_store, RegionBlocks(db), counters)
-        gate = None  # consistency gate: helper "consistency" wires it
+        region_blocks = RegionBlocks(db)
+        blocks = FallbackBlocks(mirror_store, source_store, region_blocks, counters)
+        uid = os.getuid() if uid is None else uid
+        gid = os.getgid() if gid is None else gid
+        source = SourceClient(cfg.api_urls, cfg.token)
+        progress = ReplicaWatermark(db)
+        stack.push_async_callback(progress.aclose)  # before the database closes
+        gate = ConsistencyGate(
+            mirror.name,
+            view,
+            SourceView(source, uid=uid, gid=gid),
+            progress,
+            window_s=mirror.window_s if window_s is None else window_s,
+            policy=StalePolicy.SOURCE if policy is None else StalePolicy(policy),
+            wait_s=max(DEFAULT_STALE_WAIT_S, STALE_WAIT_TICKS * cfg.source.tick_interval_s),
+            counters=counters,
+        )
+        copy = MirrorCopy(mirror_store, region_blocks, gate.settle) if mirror.copy_writes else None
         return FsClient(
-            SourceClient(cfg.api_urls, cfg.token),
+            source,
             source_store,
             view=view,
             blocks=blocks,
@@ -73,6 +106,7 @@ async def open_client(
             uid=uid,
             gid=gid,
             write_policy=WritePolicy.for_grace(cfg.source.upload_grace_s),
+            mirror_copy=copy,
             resources=stack,
         )
     except BaseException:

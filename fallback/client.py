@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 
 from fallback.blocks import BlockSource, SourceBlocks
 from fallback.consistency import MetaCall, ReadBound, ReadGate, T
+from fallback.mirror_copy import MirrorCopy
 from fallback.reader import DEFAULT_READAHEAD, Piece, iter_pieces, plan_reads
 from fallback.source_view import SourceView
 from fallback.view import FileVersion, MetadataView
@@ -41,6 +42,7 @@ class FsClient:
         uid: int | None = None,
         gid: int | None = None,
         write_policy: WritePolicy | None = None,
+        mirror_copy: MirrorCopy | None = None,
         resources: contextlib.AsyncExitStack | None = None,
     ) -> None:
         self.source = source
@@ -54,6 +56,8 @@ class FsClient:
         self.gate = gate
         self.seen_version = 0
         self.write_policy = write_policy or WritePolicy()
+        # In a mirror region with copy_writes: puts leave their blocks in its bucket too.
+        self.mirror_copy = mirror_copy
 
     @classmethod
     async def for_source(
@@ -114,6 +118,7 @@ class FsClient:
             parents=parents,
             policy=self.write_policy,
             min_version=self.seen_version,
+            mirror=self.mirror_copy,
         )
         await self._wrote(result.version)
         return result

@@ -19,6 +19,7 @@ from mirror.replicate import (
 )
 from mirror.status import STATUS_FIELDS
 from mirror.view import ReplicaView
+from mirror.watermark import ReplicaWatermark
 from mirror.worker import run_workers
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "MirrorError",
     "RegionBlocks",
     "ReplicaView",
+    "ReplicaWatermark",
     "ReplicatorConfig",
     "VerifyReport",
     "create_mirror",
