@@ -170,9 +170,13 @@ async def test_a_corrupt_mirror_block_is_read_right_and_repaired(
     async with paused_region(tmp_path, pg_dsn) as s:
         data = os.urandom(2 * BLOCK_SIZE + 100)
         await s.region.wait_applied(await s.put("/c.bin", data))
+        rows_before = await s.block_rows()
+        other = os.urandom(1000)
+        await s.region.wait_applied(await s.put("/p.bin", other))
+        [other_block] = set(await s.block_rows()) - set(rows_before)
         async with await open_client(s.cfg, "eu", uid=0, gid=0) as fs:
             assert await read_all(fs, "/c.bin") == data  # fallback: now copied
-        [(slice_id, _)] = {(sid, 0) for sid, _ in await s.block_rows()}
+        [(slice_id, _)] = {(sid, 0) for sid, _ in rows_before}
         key = block_key(slice_id, 1, BLOCK_SIZE)
         mirror = await s.mirror_bucket()
         try:
@@ -199,23 +203,29 @@ async def test_a_corrupt_mirror_block_is_read_right_and_repaired(
             assert (await s.block_rows())[(slice_id, 1)][0] == "copied"
 
             # 2. A reader that cannot write the mirror bucket still reads right; the block is
-            # queued for repair (pending, fallback priority, the reason said), and the
-            # replicator, once resumed, repairs it.
+            # queued for repair (pending, fallback priority, the reason said), a block it read
+            # from the source is raised to fallback priority, and the replicator, once
+            # resumed, repairs and copies them.
             await corrupt()
             async with await open_client(s.cfg, "eu", uid=0, gid=0) as fs:
                 plan = FaultPlan()
-                plan.fail("put", StoreError("injected: mirror bucket refuses writes", op="put"))
+                refused = StoreError("injected: mirror bucket refuses writes", op="put")
+                plan.fail("put", refused, refused)
                 blocks_of(fs).mirror = FaultLayer(blocks_of(fs).mirror, plan)
                 assert await read_all(fs, "/c.bin") == data
-                assert blocks_of(fs).counters.corrupt_repaired == 0
-            state, priority, last_error = (await s.block_rows())[(slice_id, 1)]
+                assert await read_all(fs, "/p.bin") == other
+            assert blocks_of(fs).counters.corrupt_repaired == 0
+            assert plan.calls["put"] == 2
+            rows = await s.block_rows()
+            state, priority, last_error = rows[(slice_id, 1)]
             assert (state, priority) == ("pending", 100)
             assert last_error is not None and last_error.startswith("mirror-corrupt:")
+            assert rows[other_block][:2] == ("pending", 100)
             assert not await mirror_copy_is_good()
             await s.set_paused(False)
 
             async def repaired() -> bool:
-                return (await s.block_rows())[(slice_id, 1)][0] == "copied"
+                return {st for st, _, _ in (await s.block_rows()).values()} == {"copied"}
 
             await wait_until("the replicator repaired the block", repaired)
             assert await mirror_copy_is_good()
