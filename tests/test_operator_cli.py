@@ -157,7 +157,9 @@ def test_help_names_the_log_choices_and_the_demo_order_is_stable(
     mfs("init", str(tmp_path / "v"), "--nodes", "1")
     cfg = load_config(tmp_path / "v" / "mirrorfs.toml")
     mirrors = {
-        name: MirrorConfig(bucket=f"file:///tmp/{name}", api=f"http://127.0.0.1:{port}")
+        name: MirrorConfig(
+            bucket=f"file:///tmp/{name}", api=f"http://127.0.0.1:{port}", data_dir=name
+        )
         for name, port in (("eu", 1), ("ap", 2), ("us", 3))
     }
     print_tips(cfg.model_copy(update={"mirrors": mirrors}), "http://127.0.0.1:9/")
