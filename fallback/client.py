@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 from collections.abc import AsyncIterator, Awaitable, Coroutine
 from typing import Any, BinaryIO
 
 from fallback.blocks import BlockSource, SourceBlocks
 from fallback.consistency import MetaCall, ReadBound, ReadGate, T
+from fallback.handle import FileHandle, Opening
 from fallback.mirror_copy import MirrorCopy
 from fallback.reader import DEFAULT_READAHEAD, Piece, iter_pieces, plan_reads
 from fallback.source_view import SourceView
@@ -222,3 +224,64 @@ class FsClient:
 
     async def cat(self, path: str) -> bytes:
         return b"".join([chunk async for chunk in self.read(path)])
+
+    # --- the public API (issue 10): files as an application sees them ---
+
+    def open(self, path: str, *, bound: ReadBound | None = None) -> Opening:
+        """A read handle on one version of `path` (`await fs.open(p)` or `async with
+        fs.open(p) as f`): the whole file resolved once, so every read of the handle sees that
+        version. FileNotFoundError / IsADirectoryError (FsError) as the view says."""
+
+        async def opened() -> FileHandle:
+            file, stale = await self.resolve(path, bound=bound)
+            return FileHandle(path, file, self.iter_range, stale=stale)
+
+        return Opening(opened)
+
+    async def read_file(self, path: str, *, bound: ReadBound | None = None) -> bytes:
+        """The whole file at one version (use `open` or `read` for files that do not fit in
+        memory)."""
+        return b"".join([data async for data in self.read(path, bound=bound)])
+
+    async def write_file(
+        self, path: str, data: bytes | bytearray | memoryview | BinaryIO, *, parents: bool = True
+    ) -> WriteResult:
+        """Replace `path` with `data` (bytes, or a binary file read to its end): `put`."""
+        f = io.BytesIO(data) if isinstance(data, bytes | bytearray | memoryview) else data
+        return await self.put(f, path, parents=parents)  # type: ignore[arg-type]
+
+    async def listdir(self, path: str, *, bound: ReadBound | None = None) -> list[str]:
+        """The names in a directory, sorted (ENOTDIR for a file, ENOENT for nothing)."""
+        return [name async for name, _ in self.ls(path, bound=bound)]
+
+    async def exists(self, path: str, *, bound: ReadBound | None = None) -> bool:
+        try:
+            await self.stat(path, bound=bound)
+        except FileNotFoundError:
+            return False
+        return True
+
+    async def walk(
+        self, top: str = "/", *, bound: ReadBound | None = None
+    ) -> AsyncIterator[tuple[str, list[str], list[str]]]:
+        """(dirpath, dirnames, filenames) for `top` and every directory under it, top down,
+        like os.walk: each directory is listed once (each listing at its own version, so a
+        tree changing meanwhile is seen as os.walk sees a local one). Symlinks are listed in
+        filenames and never followed. Removing names from `dirnames` prunes the walk.
+        FileNotFoundError/NotADirectoryError if `top` is not a directory."""
+        top = "/" + top.strip("/") if top.strip("/") else "/"
+        stack = [top]
+        while stack:
+            here = stack.pop()
+            dirs: list[str] = []
+            files: list[str] = []
+            try:
+                async for name, attr in self.ls(here, bound=bound):
+                    (dirs if attr.is_dir else files).append(name)
+            except (FileNotFoundError, NotADirectoryError):
+                if here == top:
+                    raise
+                continue  # removed or replaced since its parent was listed: as os.walk does
+            yield here, dirs, files
+            base = here.rstrip("/")
+            stack.extend(f"{base}/{name}" for name in reversed(dirs))

@@ -1,0 +1,78 @@
+"""Connecting from Python: a client for a region of a volume, by config file and region name.
+
+    from cli.client import connect
+    with connect(region="eu") as fs:          # config: $MIRRORFS_CONFIG, else ./mirrorfs.toml
+        data = fs.read_file("/models/x.bin")
+
+`aconnect` is the async client (FsClient) for programs with a loop of their own. The region is
+`region=`, else $MIRRORFS_REGION, else the source; `window_s`/`policy` bound every read.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+from typing import Any
+
+from cli.connect import SOURCE, open_client
+from fallback import FsClient
+from fallback.consistency import StalePolicy
+from fallback.sync import SyncClient
+from volume.config import VolumeConfig, load_config
+from volume.errors import ConfigError
+
+REGION_ENV = "MIRRORFS_REGION"
+
+
+def default_region(region: str | None = None) -> str:
+    """`region`, else $MIRRORFS_REGION, else the source."""
+    return region or os.environ.get(REGION_ENV) or SOURCE
+
+
+def check_region(cfg: VolumeConfig, region: str) -> None:
+    """ConfigError naming the known regions (the source and every mirror) for an unknown one."""
+    if region != SOURCE and region not in cfg.mirrors:
+        known = ", ".join([SOURCE, *sorted(cfg.mirrors)])
+        raise ConfigError(f"no region named {region!r} (known: {known})", path=str(cfg.path))
+
+
+def read_options(window_s: float | None, policy: StalePolicy | str | None) -> dict[str, Any]:
+    """The consistency keyword arguments open_client takes (none it does not know)."""
+    params = inspect.signature(open_client).parameters
+    given = {"window_s": window_s, "policy": None if policy is None else StalePolicy(policy)}
+    return {k: v for k, v in given.items() if v is not None and k in params}
+
+
+async def aconnect(
+    config: str | os.PathLike[str] | VolumeConfig | None = None,
+    region: str | None = None,
+    *,
+    window_s: float | None = None,
+    policy: StalePolicy | str | None = None,
+    uid: int | None = None,
+    gid: int | None = None,
+) -> FsClient:
+    """The async client for `region` (close it: `async with await aconnect(...) as fs`)."""
+    if isinstance(config, VolumeConfig):
+        cfg = config
+    else:
+        cfg = load_config(None if config is None else Path(config))
+    name = default_region(region)
+    check_region(cfg, name)
+    return await open_client(cfg, name, uid=uid, gid=gid, **read_options(window_s, policy))
+
+
+def connect(
+    config: str | os.PathLike[str] | VolumeConfig | None = None,
+    region: str | None = None,
+    *,
+    window_s: float | None = None,
+    policy: StalePolicy | str | None = None,
+    uid: int | None = None,
+    gid: int | None = None,
+) -> SyncClient:
+    """The synchronous client for `region`, for scripts and notebooks (close it, or `with`)."""
+    return SyncClient(
+        lambda: aconnect(config, region, window_s=window_s, policy=policy, uid=uid, gid=gid)
+    )
