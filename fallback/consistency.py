@@ -189,9 +189,14 @@ class ConsistencyGate:
         self.wait_s = wait_s
         self.settle_timeout_s = settle_timeout_s
         self.counters: StaleCounters = GateCounters() if counters is None else counters
-        # The applied version at which a wait last ran out: while the replica stays there (its
-        # follower stopped), reads apply their policy at once instead of each waiting wait_s.
+        # The applied version of a replica that made no progress during a whole wait: while
+        # it stays there (its follower stopped, or cut off), reads apply their policy at once
+        # instead of each waiting wait_s. A following replica moves every tick.
         self._stuck_at: int | None = None
+
+    def _note_progress(self, before: int, state: ReplicaState) -> None:
+        """After a wait: stuck if the replica did not move at all, else not."""
+        self._stuck_at = before if state.applied_version == before else None
 
     def _bound(self, bound: ReadBound | None) -> tuple[float, StalePolicy]:
         window_s = self.window_s if bound is None or bound.window_s is None else bound.window_s
@@ -213,19 +218,18 @@ class ConsistencyGate:
                 return await call(self.replica, min_version), False
             except ReplicaBehindError:
                 pass  # a replica reloaded under us (resync): wait for it as for any other
-        if self._stuck_at is None or self._stuck_at != state.applied_version:
+        if self._stuck_at != state.applied_version:
             self.counters.stale_waits += 1
+            before = state.applied_version
             state = await self.progress.wait(
                 version=min_version, ts_ms=want_ts, timeout_s=self.wait_s
             )
+            self._note_progress(before, state)
             if is_fresh(state, version=min_version, ts_ms=want_ts):
-                self._stuck_at = None
                 try:
                     return await call(self.replica, min_version), False
                 except ReplicaBehindError:
                     pass
-            else:
-                self._stuck_at = state.applied_version
         return await self._apply_policy(policy, call, min_version, state, window_s)
 
     async def _apply_policy(
@@ -259,17 +263,19 @@ class ConsistencyGate:
     async def settle(self, version: int) -> None:
         """Return once the replica shows `version`, or after `settle_timeout_s` with a warning
         (the write is committed; readers elsewhere in the region see it once the follower
-        catches up, and this session's own reads wait for it in `run`). While the replica
-        stands where a wait last ran out (its follower stopped), it waits only `wait_s`: a
-        script of many writes is not held `settle_timeout_s` by each."""
+        catches up, and this session's own reads wait for it in `run`). While the replica is
+        stuck (no progress during a whole wait: its follower stopped), it waits only `wait_s`:
+        a script of many writes is not held `settle_timeout_s` by each."""
         started = time.monotonic()
         timeout_s = self.settle_timeout_s
-        stuck = self._stuck_at
-        if stuck is not None and stuck == (await self.progress.current()).applied_version:
+        before = (await self.progress.current()).applied_version
+        if before >= version:
+            return
+        if self._stuck_at == before:
             timeout_s = min(timeout_s, self.wait_s)  # its follower is stopped: say so sooner
         state = await self.progress.wait(version=version, timeout_s=timeout_s)
+        self._note_progress(before, state)
         if state.applied_version < version:
-            self._stuck_at = state.applied_version
             log.warning(
                 "mirror.write_not_visible_yet",
                 region=self.region,
