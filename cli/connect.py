@@ -65,7 +65,9 @@ async def open_client(
         db = await stack.enter_async_context(
             open_database(mirror, max_size=CLIENT_POOL_SIZE, who=f"client {region}")
         )
-        view = ReplicaView(db, mirror.name)
+        uid = os.getuid() if uid is None else uid  # as FsClient: the caller's identity
+        gid = os.getgid() if gid is None else gid
+        view = ReplicaView(db, mirror.name, uid=uid, gid=gid)
         # Checked at open: the region's own bucket must be there. The source bucket is not
         # (check=False): it is another region's, and reads of copied blocks must work while
         # it is down.
@@ -80,8 +82,6 @@ async def open_client(
         counters = ReadCounters()  # the gate's stale_* outcomes count here too
         region_blocks = RegionBlocks(db)
         blocks = FallbackBlocks(mirror_store, source_store, region_blocks, counters)
-        uid = os.getuid() if uid is None else uid
-        gid = os.getgid() if gid is None else gid
         source = SourceClient(cfg.api_urls, cfg.token)
         progress = ReplicaWatermark(db)
         stack.push_async_callback(progress.aclose)  # before the database closes

@@ -32,7 +32,7 @@ Watermark = tuple[int, int]  # (applied_version, applied_ts)
 INODE_FIELDS = (
     "i.ino, i.kind, i.mode, i.uid, i.gid, i.size, i.mtime_ms, i.ctime_ms, i.nlink, i.target"
 )
-_SQL_WALK = (
+_SQL_WALK_FROM = (
     "WITH RECURSIVE walk(depth, ino) AS ("
     " SELECT 0, $2::bigint"
     " UNION ALL"
@@ -40,9 +40,12 @@ _SQL_WALK = (
     ' ON d.parent = w.ino AND d.name = ($1::text[])[w.depth + 1] COLLATE "C"'
     " WHERE w.depth < cardinality($1::text[]))"
     f" SELECT w.depth, {INODE_FIELDS} FROM walk w JOIN inodes i ON i.ino = w.ino"
-    " ORDER BY w.depth DESC LIMIT 1"
 )
-_SQL_READDIR = (
+_SQL_WALK = _SQL_WALK_FROM + " ORDER BY w.depth DESC LIMIT 1"
+# Every inode on the way, root first, as far as the names exist ($1 names, $2 the root):
+# for a reader that checks search permission in each directory (mirror/view.py).
+SQL_WALK_CHAIN = _SQL_WALK_FROM + " ORDER BY w.depth"
+SQL_READDIR = (
     f"SELECT d.name, {INODE_FIELDS} FROM dentries d JOIN inodes i ON i.ino = d.ino"
     ' WHERE d.parent = $1 AND d.name > $2 COLLATE "C" ORDER BY d.name LIMIT $3'
 )
@@ -91,7 +94,7 @@ async def readdir_in(
     inode = await lookup_in(conn, path)
     if not inode.is_dir:
         raise FsError(errno.ENOTDIR, "not a directory", path=path)
-    rows = await conn.fetch(_SQL_READDIR, inode.ino, after, limit)
+    rows = await conn.fetch(SQL_READDIR, inode.ino, after, limit)
     return [(row["name"], row_inode(row)) for row in rows]
 
 

@@ -7,24 +7,36 @@ transaction (its inode, the chunk maps of the range and the copy state of every 
 slices), so a read never mixes two versions, nor trusts a block state of another version.
 
 Answers and errors are the source's (changelog/api.py `get_meta`): the same FsError errnos and
-messages, BadRequestError for a bad range. One difference: the replica checks no permissions
-(it has no caller identity; see mirror/replica.py). A session that saw a newer version than
-the replica has applied gets `ReplicaBehindError` (the consistency gate waits or asks the
-source); this view never waits itself.
+messages, in the same order (ENOTDIR, then EACCES, then ENOENT along the path), the same
+permission checks for the view's uid/gid (volume/permissions.py: search on every directory of
+the path, read on a directory listed), BadRequestError for a bad range. A session that saw a
+newer version than the replica has applied gets `ReplicaBehindError` (the consistency gate
+waits or asks the source); this view never waits itself.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 from collections.abc import AsyncIterator
 
 import asyncpg
 
 from mirror.db import Database
-from mirror.replica import block_states_in, chunk_in, lookup_in, read_watermark, readdir_in
-from volume.errors import BadRequestError, ReplicaBehindError
+from mirror.replica import (
+    SQL_READDIR,
+    SQL_WALK_CHAIN,
+    block_states_in,
+    chunk_in,
+    read_watermark,
+    row_inode,
+)
+from volume.checks import check_int
+from volume.errors import BadRequestError, FsError, ReplicaBehindError
 from volume.fileversion import ChunkMap, FileVersion
-from volume.inode import CHUNK_SIZE, Inode, SliceRef
+from volume.inode import CHUNK_SIZE, ROOT_INO, Inode, SliceRef
+from volume.paths import split_path
+from volume.permissions import R_OK, X_OK, require
 
 # The source's caps (changelog/api.py), repeated so both regions refuse the same requests.
 MAX_READDIR_LIMIT = 10_000
@@ -39,11 +51,14 @@ _SQL_CHUNKS = (
 
 
 class ReplicaView:
-    """Metadata of mirror region `region` from its replica database `db`."""
+    """Metadata of mirror region `region` from its replica database `db`, as user `uid`/`gid`
+    sees it (permissions checked as the source checks them)."""
 
-    def __init__(self, db: Database, region: str) -> None:
+    def __init__(self, db: Database, region: str, *, uid: int = 0, gid: int = 0) -> None:
         self.db = db
         self.region = region
+        self.uid = uid
+        self.gid = gid
 
     @contextlib.asynccontextmanager
     async def _snapshot(self, min_version: int) -> AsyncIterator[tuple[asyncpg.Connection, int]]:
@@ -64,13 +79,20 @@ class ReplicaView:
 
     async def lookup(self, path: str, *, min_version: int = 0) -> tuple[int, Inode]:
         async with self._snapshot(min_version) as (conn, version):
-            return version, await lookup_in(conn, path)
+            return version, await self._walk(conn, path)
 
     async def readdir(
         self, path: str, *, after: str = "", limit: int = 1000, min_version: int = 0
     ) -> tuple[int, list[tuple[str, Inode]]]:
+        limit = min(limit, MAX_READDIR_LIMIT)
+        check_int(limit, "limit", 1, 2**31)  # the source's check, after its cap
         async with self._snapshot(min_version) as (conn, version):
-            return version, await readdir_in(conn, path, after, min(limit, MAX_READDIR_LIMIT))
+            inode = await self._walk(conn, path)
+            if not inode.is_dir:
+                raise FsError(errno.ENOTDIR, "not a directory", path=path)
+            require(inode, self.uid, self.gid, R_OK, path)
+            rows = await conn.fetch(SQL_READDIR, inode.ino, after, limit)
+        return version, [(r["name"], row_inode(r)) for r in rows]
 
     async def chunk(self, ino: int, index: int, *, min_version: int = 0) -> ChunkMap:
         async with self._snapshot(min_version) as (conn, _):
@@ -82,7 +104,7 @@ class ReplicaView:
     ) -> FileVersion:
         chunks: dict[int, ChunkMap] = {}
         async with self._snapshot(min_version) as (conn, version):
-            inode = await lookup_in(conn, path)
+            inode = await self._walk(conn, path)
             indexes = chunk_range(inode, offset, length)
             if not indexes:
                 return FileVersion(version, inode, {}, {})
@@ -95,6 +117,22 @@ class ReplicaView:
             cmap.slices.append(SliceRef(r["slice_id"], r["size"], r["off"], r["len"], r["pos"]))
             cmap.checksums[r["slice_id"]] = list(r["checksums"])
         return FileVersion(version, inode, chunks, states)
+
+    async def _walk(self, conn: asyncpg.Connection, path: str) -> Inode:
+        """The inode at `path` (a final symlink as itself), checked as the source's walk
+        (changelog/namespace/lookup.py): per component, ENOTDIR if the current inode is not a
+        directory, EACCES without search permission on it, ENOENT if the name is not there;
+        EINVAL/ENAMETOOLONG for a bad path."""
+        parts = split_path(path)
+        chain = [row_inode(r) for r in await conn.fetch(SQL_WALK_CHAIN, parts, ROOT_INO)]
+        for depth in range(len(parts)):
+            inode = chain[depth]
+            if not inode.is_dir:
+                raise FsError(errno.ENOTDIR, "a path component is not a directory", path=path)
+            require(inode, self.uid, self.gid, X_OK, path)
+            if depth + 1 >= len(chain):
+                raise FsError(errno.ENOENT, "no such file or directory", path=path)
+        return chain[len(parts)]
 
 
 def chunk_range(inode: Inode, offset: int, length: int | None) -> range:

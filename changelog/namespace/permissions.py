@@ -1,42 +1,15 @@
 """POSIX permission bits as the source's namespace enforces them on every op.
 
-The source checks with the caller's uid/gid as its client token asserts them (like NFS
-AUTH_SYS); a mirror's reader checks the same bits on the attributes it resolved.
+The checks themselves are volume/permissions.py (a mirror's reader runs the same ones on the
+attributes it resolved); the sticky-directory rule, which only the source's writes need, is here.
 """
 
 from __future__ import annotations
 
-import errno
-
-from volume.errors import FsError
 from volume.inode import Inode
+from volume.permissions import R_OK, S_ISVTX, W_OK, X_OK, may, require
 
-R_OK = 4
-W_OK = 2
-X_OK = 1
-S_ISVTX = 0o1000
-
-
-def may(inode: Inode, uid: int, gid: int, want: int) -> bool:
-    """POSIX owner/group/other check of `want` (R_OK|W_OK|X_OK bits); uid 0 passes everything.
-
-    Only the caller's primary gid counts: the source has no supplementary group lists.
-    """
-    if uid == 0:
-        return True
-    if uid == inode.uid:
-        bits = inode.mode >> 6
-    elif gid == inode.gid:
-        bits = inode.mode >> 3
-    else:
-        bits = inode.mode
-    return (bits & want) == want
-
-
-def require(inode: Inode, uid: int, gid: int, want: int, path: str) -> None:
-    """Raise FsError(EACCES) unless the caller has `want` on `inode`."""
-    if not may(inode, uid, gid, want):
-        raise FsError(errno.EACCES, "permission denied", path=path)
+__all__ = ["R_OK", "S_ISVTX", "W_OK", "X_OK", "may", "require", "sticky_allows"]
 
 
 def sticky_allows(parent: Inode, child: Inode, uid: int) -> bool:

@@ -327,3 +327,47 @@ async def test_mirror_reads_racing_overwrites_each_see_one_whole_version(
     mixed = [d for d in seen if d not in digests]
     assert not mixed, f"{len(mixed)} of {len(seen)} reads returned bytes no version had"
     assert len(seen) >= 8 and len(set(seen)) == 2, "the readers did not race the overwrites"
+
+
+async def test_permissions_through_the_mirror_are_the_sources(tmp_path: Path, pg_dsn: str) -> None:
+    async with paused_region(tmp_path, pg_dsn) as s:
+        await s.writer.mkdir("/open", mode=0o755)
+        await s.writer.mkdir("/private", mode=0o700)
+        await s.writer.mkdir("/private/inner", mode=0o755)
+        await s.writer.mkdir("/searchable", mode=0o711)
+        await s.put("/open/f", b"open")
+        await s.put("/private/f", b"secret")
+        await s.put("/searchable/f", b"known name")
+        await s.region.wait_applied(await s.put("/private/inner/g", b"deeper"))
+        async with (
+            await open_client(s.cfg, "eu", uid=1000, gid=1000) as mir,
+            await FsClient.for_source(s.cfg, uid=1000, gid=1000) as src,
+        ):
+
+            async def outcome(fs: FsClient, what: str, path: str) -> object:
+                try:
+                    if what == "stat":
+                        return await fs.stat(path)
+                    if what == "ls":
+                        return [e async for e in fs.ls(path)]
+                    return await fs.cat(path)
+                except FsError as exc:
+                    return (exc.errno, str(exc))
+
+            denied = 0
+            for what in ["stat", "ls", "cat"]:
+                for path in [
+                    "/open/f",
+                    "/open",
+                    "/private",
+                    "/private/f",
+                    "/private/nope",
+                    "/private/inner/g",
+                    "/searchable",
+                    "/searchable/f",
+                    "/searchable/nope",
+                ]:
+                    got = await outcome(mir, what, path)
+                    assert got == await outcome(src, what, path), (what, path)
+                    denied += isinstance(got, tuple) and got[0] == errno.EACCES
+            assert denied >= 8  # the cases above do exercise EACCES
