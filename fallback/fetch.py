@@ -271,6 +271,9 @@ class FallbackBlocks:
                 except Exception as exc:  # noqa: BLE001 - kept, tried again next time
                     self._fell_back.update(blocks)
                     log.warning("fallback.report_fell_back_failed", error=str(exc))
+                except BaseException:  # cancelled (aclose stops the flusher): aclose reports
+                    self._fell_back.update(blocks)
+                    raise
             now = self.counters.as_dict()
             delta = self.counters.since(self._reported)
             if delta:
