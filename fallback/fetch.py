@@ -109,6 +109,7 @@ class FallbackBlocks:
         assert piece.slice_id is not None
         self._start_flusher()
         corrupt = False
+        recheck = True
         if state == COPIED:
             try:
                 data = await self._fetch(self.mirror, piece)
@@ -118,16 +119,17 @@ class FallbackBlocks:
                 corrupt = True
                 await self._report_corrupt(piece, exc)
             except StoreError as exc:
+                recheck = False  # the mirror bucket is failing: asking again only delays
                 log.warning("fallback.mirror_failed", key=self._key(piece), error=str(exc))
             else:
                 self._hit(data)
                 return data
         self._fell_back.add((piece.slice_id, piece.index))
-        return await self._shared(piece, corrupt=corrupt)
+        return await self._shared(piece, corrupt=corrupt, recheck=recheck)
 
     # -- the fallback, once per block key ------------------------------------------------------
 
-    async def _shared(self, piece: Piece, *, corrupt: bool) -> bytes:
+    async def _shared(self, piece: Piece, *, corrupt: bool, recheck: bool) -> bytes:
         key = self._key(piece)
         fut = self._inflight.get(key)
         if fut is not None:
@@ -137,7 +139,9 @@ class FallbackBlocks:
         # Nobody may be left awaiting it (every reader cancelled): retrieve the error anyway.
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._inflight[key] = fut
-        task = asyncio.create_task(self._fetch_through(piece, key, fut, corrupt=corrupt))
+        task = asyncio.create_task(
+            self._fetch_through(piece, key, fut, corrupt=corrupt, recheck=recheck)
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         # Shielded: a reader that stops (a cancelled readahead) leaves the fetch running for
@@ -145,12 +149,18 @@ class FallbackBlocks:
         return await asyncio.shield(fut)
 
     async def _fetch_through(
-        self, piece: Piece, key: str, fut: asyncio.Future[bytes], *, corrupt: bool
+        self,
+        piece: Piece,
+        key: str,
+        fut: asyncio.Future[bytes],
+        *,
+        corrupt: bool,
+        recheck: bool = True,
     ) -> None:
         assert piece.slice_id is not None
         try:
             async with self._writeback, self._claim(piece):
-                again = await self._recheck(piece)
+                again = await self._recheck(piece) if recheck else None
                 if again is not None:  # another process (or the replicator) wrote it just now
                     self.counters.source_gets_saved += 1
                     self._hit(again)

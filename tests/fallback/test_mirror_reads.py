@@ -28,7 +28,7 @@ from cli.connect import open_client
 from fallback import FallbackBlocks, FsClient
 from fallback.errors import ReplicaBehindError
 from mirror import CopyQueue, ReplicaView
-from objstore import ObjectStore, StoreError, open_store
+from objstore import ObjectStore, StoreError, UnavailableError, open_store
 from objstore.checksum import checksum
 from objstore.faults import FaultLayer, FaultPlan
 from objstore.keys import BLOCK_PREFIX, block_key, block_sizes
@@ -229,6 +229,16 @@ async def test_a_corrupt_mirror_block_is_read_right_and_repaired(
 
             await wait_until("the replicator repaired the block", repaired)
             assert await mirror_copy_is_good()
+
+            # 3. A failing mirror bucket: every block from the source, asked once each.
+            async with await open_client(s.cfg, "eu", uid=0, gid=0) as fs:
+                plan = FaultPlan()
+                down = UnavailableError("injected: mirror bucket down", op="get")
+                plan.fail("get", down, down, down)
+                blocks_of(fs).mirror = FaultLayer(blocks_of(fs).mirror, plan)
+                assert await read_all(fs, "/c.bin") == data
+                assert blocks_of(fs).counters.fallback_reads == 3
+                assert plan.calls["get"] == 3  # no re-check of a bucket that just failed
         finally:
             await mirror.aclose()
 
