@@ -37,7 +37,7 @@ from tests.changelog.cluster import SourceCluster
 from tests.fallback.delayline import DelayLine
 from tests.mirror.region import MirrorRegion
 from tests.mirror.volume import wait_until
-from tests.mirror.waits import start_mirrorfs, wait_following
+from tests.mirror.waits import start_mirrorfs, wait_following, wait_status
 from volume.config import VolumeConfig, load_config, write_config
 
 WINDOW_S = 1.0
@@ -92,8 +92,16 @@ async def delayed_region(tmp_path: Path, pg_dsn: str) -> AsyncIterator[Setup]:
 
 async def test_read_your_writes_with_the_follower_delayed(tmp_path: Path, pg_dsn: str) -> None:
     async with delayed_region(tmp_path, pg_dsn) as s:
+        # The follower's clock estimate, in its status and for readers in the replica: one
+        # host, one clock, so a lower bound at or just below zero (the delivery delay).
+        doc = await wait_status(
+            s.region, lambda d: d["source_clock_skew_ms"] is not None, "a clock estimate"
+        )
+        assert -500 < doc["source_clock_skew_ms"] <= 1, doc
         s.line.set_delay(1.5)
         async with await s.client() as fs, await s.client() as other:
+            skew = (await gate_of(fs).progress.current()).source_clock_skew_ms
+            assert skew is not None and -500 < skew <= 1, skew
             data = os.urandom(300_000)
             started = time.monotonic()
             result = await fs.write_file("/ryw/a.bin", data)
