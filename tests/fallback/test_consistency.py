@@ -214,6 +214,27 @@ async def test_follower_stopped_reads_wait_then_follow_their_policy(
             assert gate_of(fs).counters.stale_errors == 0
 
 
+async def test_source_region_down_serve_keeps_reads_working_flagged_stale(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    async with delayed_region(tmp_path, pg_dsn) as s:
+        data = os.urandom(70_000)
+        async with await s.client() as fs:
+            await fs.write_file("/down/f", data)
+        s.cluster.kill_all()  # no source node answers; the daemon's follower is cut off
+        serve = ReadBound(window_s=WINDOW_S, policy=StalePolicy.SERVE)
+        async with await s.client() as fs:
+            await stale_by(s, fs, WINDOW_S)
+            async with fs.open("/down/f", bound=serve) as handle:
+                assert handle.stale
+                assert await handle.read() == data
+            assert await fs.listdir("/down", bound=serve) == ["f"]
+            assert (await fs.stat("/down/f", bound=serve)).size == len(data)
+            assert gate_of(fs).counters.stale_served == 3
+            # The replica stopped moving during the first wait: the others did not wait.
+            assert gate_of(fs).counters.stale_waits == 1
+
+
 # -- the randomised workload ----------------------------------------------------------------
 
 PATHS = [f"/w/f{i}" for i in range(6)]
