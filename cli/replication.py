@@ -7,6 +7,7 @@ while the region daemon runs, from any machine that reaches the database.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
@@ -15,7 +16,7 @@ from typing import Annotated, Any, TypeVar
 import orjson
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from cli.logs import bind_process
 from cli.runtime import mirror_region, run, run_until_signalled
@@ -23,6 +24,7 @@ from mirror import (
     CopyQueue,
     Database,
     ReplicatorConfig,
+    VerifyReport,
     open_database,
     pending_under,
     run_workers,
@@ -136,9 +138,34 @@ def verify_cmd(
     async def go(db: Database) -> bool:
         mirror_store = await open_store(region.bucket, name="mirror")
         source_store = await open_store(region.source_bucket, name="source") if repair else None
+        progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=True,
+            disable=not sys.stderr.isatty(),
+        )
+        task = progress.add_task("verifying", total=None)
+
+        def show(r: VerifyReport) -> None:
+            progress.update(
+                task,
+                description=f"checked {r.blocks_checked:,} block(s), {r.bytes_checked:,} bytes;"
+                f" {r.blocks_not_copied:,} not copied yet",
+            )
+
         try:
             start = time.perf_counter()
-            report = await verify(db, mirror_store, path, repair=repair, source_store=source_store)
+            with progress:
+                report = await verify(
+                    db,
+                    mirror_store,
+                    path,
+                    repair=repair,
+                    source_store=source_store,
+                    on_progress=show,
+                )
         finally:
             await mirror_store.aclose()
             if source_store is not None:
