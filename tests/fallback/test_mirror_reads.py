@@ -134,8 +134,9 @@ async def test_paused_mirror_reads_fall_back_copy_once_and_survive_a_source_outa
             counters = blocks_of(fs).counters
             assert counters.fallback_reads == n_blocks
             assert counters.fallback_bytes == sum(map(len, files.values()))
-            assert counters.source_gets_saved >= 3 * 17 - 16  # the big file's other readers
-            assert counters.mirror_hits == 0
+            # The big file's other three readers got its 17 blocks from the one source GET
+            # each: by joining it, or from the mirror bucket it was written into.
+            assert counters.source_gets_saved + counters.mirror_hits >= 3 * 17
         gets = source_block_gets(fault_proxy)
         assert len(gets) == n_blocks and set(gets.values()) == {1}, gets
 
@@ -148,7 +149,10 @@ async def test_paused_mirror_reads_fall_back_copy_once_and_survive_a_source_outa
             assert len(keys) == n_blocks
         finally:
             await mirror.aclose()
-        assert (await s.region.status())["paused"] is True
+        status = await s.region.status()  # the region's sums: what this client flushed
+        assert status["paused"] is True
+        assert status["fallback_reads"] == n_blocks
+        assert status["fallback_bytes"] == sum(map(len, files.values()))
 
         # With the source bucket down, the copied files still read (from the mirror alone).
         fault_proxy.reset()
@@ -303,10 +307,14 @@ async def test_ranges_stat_and_listings_through_the_mirror_match_the_source(
             view = fs.view
             assert isinstance(view, ReplicaView)
             applied = await view.applied_version()
+            ahead = applied + 1_000_000  # far ahead: the replica moves on with every tick
             with pytest.raises(ReplicaBehindError) as behind:
-                await view.lookup("/d", min_version=applied + 1)
-            assert behind.value.region == "eu" and behind.value.applied == applied
-            assert (await view.resolve_file("/d/small")).version == applied
+                await view.lookup("/d", min_version=ahead)
+            assert behind.value.region == "eu" and behind.value.wanted == ahead
+            assert applied <= behind.value.applied < ahead
+            # A call's version is the watermark its snapshot saw.
+            resolved = await view.resolve_file("/d/small")
+            assert applied <= resolved.version <= await view.applied_version()
 
 
 async def test_mirror_reads_racing_overwrites_each_see_one_whole_version(
