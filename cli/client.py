@@ -34,7 +34,9 @@ def check_region(cfg: VolumeConfig, region: str) -> None:
     """ConfigError naming the known regions (the source and every mirror) for an unknown one."""
     if region != SOURCE and region not in cfg.mirrors:
         known = ", ".join([SOURCE, *sorted(cfg.mirrors)])
-        raise ConfigError(f"no region named {region!r} (known: {known})", path=str(cfg.path))
+        err = ConfigError(f"no region named {region!r} (known: {known})", path=str(cfg.path))
+        err.hint = f"name one of them with --region (or ${REGION_ENV})"
+        raise err
 
 
 def read_options(window_s: float | None, policy: StalePolicy | str | None) -> dict[str, Any]:

@@ -285,3 +285,27 @@ class FsClient:
             yield here, dirs, files
             base = here.rstrip("/")
             stack.extend(f"{base}/{name}" for name in reversed(dirs))
+
+    async def rmtree(self, path: str) -> int:
+        """Remove a directory and everything under it (a file or symlink: just it), deepest
+        first. A tree of up to `write_policy.max_ops` entries goes in one request, all or
+        nothing; a bigger one in several, each leaving a smaller tree (never an orphan).
+        The committed version; FileNotFoundError if `path` does not exist."""
+        top = await self.stat(path)
+        if not top.is_dir:
+            return await self.rm(path)
+        ops: list[dict[str, Any]] = []
+        async for here, _dirs, files in self.walk(path):
+            base = here.rstrip("/")
+            ops.append({"op": "rmdir", "args": {"path": here}})
+            ops.extend({"op": "unlink", "args": {"path": f"{base}/{n}"}} for n in files)
+        # The walk lists a directory before anything under it: reversed, every entry goes
+        # before the directory holding it.
+        ops.reverse()
+        version = 0
+        step = max(1, self.write_policy.max_ops)
+        for start in range(0, len(ops), step):
+            res = await self.source.ops(ops[start : start + step], uid=self.uid, gid=self.gid)
+            res.raise_first_error()
+            version = await self._wrote(res.version)
+        return version

@@ -184,6 +184,9 @@ class SyncClient:
     def rm(self, path: str, *, dir: bool = False) -> int:
         return self.run(self.client.rm(path, dir=dir))
 
+    def rmtree(self, path: str) -> int:
+        return self.run(self.client.rmtree(path))
+
     def mv(self, src: str, dst: str) -> int:
         return self.run(self.client.mv(src, dst))
 

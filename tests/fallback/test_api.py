@@ -25,6 +25,7 @@ from cli.client import aconnect, connect
 from fallback.blocks import SourceBlocks
 from fallback.client import FsClient
 from fallback.sync import SyncClient
+from fallback.writer import WritePolicy
 from objstore import ObjectStore, StoreLayer
 from objstore.errors import ChecksumError
 from objstore.keys import BLOCK_PREFIX
@@ -183,6 +184,28 @@ async def test_walk_is_top_down_like_os_walk_and_prunes(fs: FsClient) -> None:
             dirs.remove("a")
     assert pruned == ["/w", "/w/c", "/w/empty"]
     assert await fs.listdir("/w") == ["a", "c", "empty", "top"]
+
+
+async def test_rmtree_removes_a_tree_in_one_request_or_in_several(fs: FsClient) -> None:
+    for path in ["/t/a/1", "/t/a/b/2", "/t/c", "/keep"]:
+        await fs.write_file(path, b"x")
+    await fs.mkdir("/t/a/b/empty")
+    await fs.source.op("symlink", path="/t/a/link", target="../c", uid=0, gid=0)
+    version = await fs.rmtree("/t")
+    assert await fs.listdir("/") == ["keep"]
+    records = [r async for r in fs.source.stream(1, follow=False) if not r.is_tick]
+    mine = [r for r in records if r.op in ("unlink", "rmdir")]
+    assert len(mine) == 8 and mine[-1].version == version
+    assert [r.ends_request for r in mine] == [False] * 7 + [True]  # one request
+    fs.write_policy = WritePolicy(max_ops=3)
+    for path in ["/u/a/1", "/u/a/2", "/u/b/c/3", "/u/d"]:
+        await fs.write_file(path, b"y")
+    await fs.rmtree("/u")  # 9 entries: 3 requests, deepest first
+    assert await fs.listdir("/") == ["keep"]
+    await fs.rmtree("/keep")  # a file: just it
+    assert await fs.listdir("/") == []
+    with pytest.raises(FileNotFoundError):
+        await fs.rmtree("/keep")
 
 
 async def test_write_file_takes_bytes_and_files(fs: FsClient, tmp_path: Path) -> None:
