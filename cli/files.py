@@ -1,4 +1,11 @@
-"""File verbs against the volume: put, get, cat, ls, stat, rm, mv, mkdir."""
+"""File verbs against the volume, through any region: put, get, cat, ls, stat, rm, mv, mkdir.
+
+Every verb takes `--region NAME` (default $MIRRORFS_REGION, else the source): reads resolve in
+that region (its replica, its bucket, fallback to the source's), writes go to the source and
+return once that region's replica shows them, so the next command there reads them. Reads take
+`--window S` and `--policy source|error|serve` (the staleness bound). Errors and exit codes are
+the same in every region: `error: ...` (and `hint: ...`) on stderr, exit 1.
+"""
 
 from __future__ import annotations
 
@@ -17,22 +24,76 @@ from typing import Annotated, TypeVar
 import orjson
 import typer
 
-from cli.connect import open_client
+from cli.client import REGION_ENV, aconnect
 from cli.runtime import config, fail, run
 from fallback import FsClient
+from fallback.consistency import ReadBound, StalePolicy
 from objstore.errors import StoreError
+from volume.errors import ChangelogError
+from volume.inode import Inode
 
 T = TypeVar("T")
 
+RegionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--region",
+        envvar=REGION_ENV,
+        show_envvar=True,
+        help="Region to go through: a mirror's name, or 'source' (the default)",
+    ),
+]
+WindowOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--window",
+        min=0.0,
+        metavar="S",
+        help="Staleness bound in seconds for this read (default: the region's window_s)",
+    ),
+]
+PolicyOpt = Annotated[
+    StalePolicy | None,
+    typer.Option(
+        "--policy",
+        case_sensitive=False,
+        help="When the replica is staler than the window: read the source, fail, or serve "
+        "it anyway flagged stale (default: the region's)",
+    ),
+]
 
-def with_client(ctx: typer.Context, fn: Callable[[FsClient], Awaitable[T]]) -> T:
+
+def with_client(
+    ctx: typer.Context,
+    fn: Callable[[FsClient], Awaitable[T]],
+    region: str | None = None,
+    *,
+    window: float | None = None,
+    policy: StalePolicy | None = None,
+) -> T:
     cfg = config(ctx)
 
     async def main() -> T:
-        async with await open_client(cfg) as client:
+        async with await aconnect(cfg, region, window_s=window, policy=policy) as client:
             return await fn(client)
 
     return run(main())
+
+
+def bound_of(window: float | None, policy: StalePolicy | None) -> ReadBound | None:
+    """The per-call bound the read options ask for (None: the client's, and the region's)."""
+    if window is None and policy is None:
+        return None
+    return ReadBound(window_s=window, policy=policy)
+
+
+def warn_if_stale(path: str, stale: bool, region: str) -> None:
+    if stale:
+        typer.echo(
+            f"warning: {path} was served from region {region!r}'s replica past its window "
+            "(policy serve): it may be older than the source's",
+            err=True,
+        )
 
 
 def register(app: typer.Typer) -> None:
@@ -47,9 +108,11 @@ def put(
     no_parents: Annotated[
         bool, typer.Option("--no-parents", help="Refuse instead of making missing parents")
     ] = False,
+    region: RegionOpt = None,
 ) -> None:
     """Upload a file: the destination is checked first, missing parent directories are made,
-    blocks go to the source bucket, then the metadata commit."""
+    blocks go to the source bucket, then the metadata commit (from a mirror region too: the
+    command returns once that region shows the new version)."""
     if not local.is_file():
         fail(f"{local}: not a regular file")
 
@@ -60,13 +123,16 @@ def put(
         secs = time.perf_counter() - start
         typer.echo(f"{path}: {res.size} bytes in {secs:.2f}s, committed at version {res.version}")
 
-    with_client(ctx, go)
+    with_client(ctx, go, region)
 
 
 def get(
     ctx: typer.Context,
     path: Annotated[str, typer.Argument()],
     local: Annotated[Path, typer.Argument(help="Local destination file, or a directory")],
+    region: RegionOpt = None,
+    window: WindowOpt = None,
+    policy: PolicyOpt = None,
 ) -> None:
     """Download a file. Into an existing directory it writes DIR/NAME. The bytes go to a
     temporary file beside the destination, renamed over it only once complete and synced: an
@@ -80,15 +146,22 @@ def get(
 
     async def go(c: FsClient) -> None:
         try:
-            async with LocalReplacement(target) as out:
-                async for data in c.read(path):
+            async with (
+                c.open(path, bound=bound_of(window, policy)) as f,
+                LocalReplacement(target) as out,
+            ):
+                warn_if_stale(path, f.stale, c.region)
+                while data := await f.read(READ_PIECE_BYTES):
                     await out.write(data)
-        except StoreError:
-            raise  # a bucket's NotFoundError is an OSError too: reported as the bucket's
+        except (StoreError, ChangelogError):
+            raise  # the volume's and the buckets' errors (OSErrors too) are reported as theirs
         except OSError as exc:  # the local side: a full disk, a read-only directory...
             fail(f"{target}: {exc.strerror or exc}", hint=f"{target} is unchanged")
 
-    with_client(ctx, go)
+    with_client(ctx, go, region, window=window, policy=policy)
+
+
+READ_PIECE_BYTES = 4 * 1024 * 1024  # one block: the handle streams them with readahead
 
 
 class LocalReplacement:
@@ -147,65 +220,120 @@ class LocalReplacement:
             os.close(dir_fd)
 
 
-def cat(ctx: typer.Context, path: Annotated[str, typer.Argument()]) -> None:
+def cat(
+    ctx: typer.Context,
+    path: Annotated[str, typer.Argument()],
+    region: RegionOpt = None,
+    window: WindowOpt = None,
+    policy: PolicyOpt = None,
+) -> None:
     """Write a file's bytes to stdout."""
 
     async def go(c: FsClient) -> None:
-        async for data in c.read(path):
-            sys.stdout.buffer.write(data)
+        async with c.open(path, bound=bound_of(window, policy)) as f:
+            warn_if_stale(path, f.stale, c.region)
+            while data := await f.read(READ_PIECE_BYTES):
+                sys.stdout.buffer.write(data)
         sys.stdout.flush()
 
-    with_client(ctx, go)
+    with_client(ctx, go, region, window=window, policy=policy)
 
 
 def ls(
     ctx: typer.Context,
     path: Annotated[str, typer.Argument()] = "/",
-    long: Annotated[bool, typer.Option("-l", help="Long listing")] = False,
+    long: Annotated[
+        bool, typer.Option("-l", help="Long listing: mode, links, owner, size, time, name")
+    ] = False,
+    region: RegionOpt = None,
+    window: WindowOpt = None,
+    policy: PolicyOpt = None,
 ) -> None:
-    """List a directory."""
+    """List a directory (a file: just it, as ls does)."""
+    bound = bound_of(window, policy)
 
     async def go(c: FsClient) -> None:
-        async for name, attr in c.ls(path):
-            if long:
-                mode = stat_mod.filemode(_type_bits(attr.kind) | attr.mode)
-                mtime = time.strftime("%Y-%m-%d %H:%M", time.localtime(attr.mtime_ms / 1000))
-                owner = f"{attr.uid:5d} {attr.gid:5d}"
-                typer.echo(f"{mode} {attr.nlink:3d} {owner} {attr.size:12d} {mtime} {name}")
-            else:
-                typer.echo(name + ("/" if attr.is_dir else ""))
+        try:
+            async for name, attr in c.ls(path, bound=bound):
+                typer.echo(long_line(name, attr) if long else name + ("/" if attr.is_dir else ""))
+        except NotADirectoryError:
+            attr = await c.stat(path, bound=bound)
+            typer.echo(long_line(path, attr) if long else path)
 
-    with_client(ctx, go)
+    with_client(ctx, go, region, window=window, policy=policy)
+
+
+def long_line(name: str, attr: Inode) -> str:
+    """One `ls -l` line: mode, links, uid, gid, size, mtime (local time), name (-> target)."""
+    mode = stat_mod.filemode(_type_bits(attr.kind) | attr.mode)
+    mtime = time.strftime("%Y-%m-%d %H:%M", time.localtime(attr.mtime_ms / 1000))
+    owner = f"{attr.uid:5d} {attr.gid:5d}"
+    shown = f"{name} -> {attr.target}" if attr.kind == "symlink" else name
+    return f"{mode} {attr.nlink:3d} {owner} {attr.size:12d} {mtime} {shown}"
 
 
 def _type_bits(kind: str) -> int:
     return {"dir": stat_mod.S_IFDIR, "symlink": stat_mod.S_IFLNK}.get(kind, stat_mod.S_IFREG)
 
 
-def stat(ctx: typer.Context, path: Annotated[str, typer.Argument()]) -> None:
-    """Print a path's attributes as JSON."""
+def stat(
+    ctx: typer.Context,
+    path: Annotated[str, typer.Argument()],
+    as_json: Annotated[bool, typer.Option("--json", help="The attributes as JSON")] = False,
+    region: RegionOpt = None,
+    window: WindowOpt = None,
+    policy: PolicyOpt = None,
+) -> None:
+    """Print a path's attributes: kind, size, mode, owner, times (--json: as JSON)."""
 
     async def go(c: FsClient) -> None:
-        attr = await c.stat(path)
-        typer.echo(orjson.dumps(attr.to_dict(), option=orjson.OPT_INDENT_2).decode())
+        attr = await c.stat(path, bound=bound_of(window, policy))
+        if as_json:
+            typer.echo(orjson.dumps(attr.to_dict(), option=orjson.OPT_INDENT_2).decode())
+        else:
+            typer.echo(describe(path, attr))
 
-    with_client(ctx, go)
+    with_client(ctx, go, region, window=window, policy=policy)
+
+
+def describe(path: str, attr: Inode) -> str:
+    """stat's human form (times in UTC, to the millisecond, as the volume keeps them)."""
+    rows = [
+        ("path", path + (f" -> {attr.target}" if attr.kind == "symlink" else "")),
+        ("kind", attr.kind),
+        ("size", f"{attr.size} bytes"),
+        ("mode", f"{attr.mode:04o} ({stat_mod.filemode(_type_bits(attr.kind) | attr.mode)})"),
+        ("owner", f"uid {attr.uid}, gid {attr.gid}"),
+        ("links", str(attr.nlink)),
+        ("inode", str(attr.ino)),
+        ("modified", _utc(attr.mtime_ms)),
+        ("changed", _utc(attr.ctime_ms)),
+    ]
+    return "\n".join(f"{k + ':':<10}{v}" for k, v in rows)
+
+
+def _utc(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d} UTC"
 
 
 def rm(
     ctx: typer.Context,
     path: Annotated[str, typer.Argument()],
     dir: Annotated[bool, typer.Option("-d", "--dir", help="Remove an empty directory")] = False,
+    region: RegionOpt = None,
 ) -> None:
     """Remove a file (or, with -d, an empty directory)."""
-    with_client(ctx, lambda c: c.rm(path, dir=dir))
+    with_client(ctx, lambda c: c.rm(path, dir=dir), region)
 
 
 def mv(
-    ctx: typer.Context, src: Annotated[str, typer.Argument()], dst: Annotated[str, typer.Argument()]
+    ctx: typer.Context,
+    src: Annotated[str, typer.Argument()],
+    dst: Annotated[str, typer.Argument()],
+    region: RegionOpt = None,
 ) -> None:
     """Rename (replaces a file at dst, refuses a move into its own subtree)."""
-    with_client(ctx, lambda c: c.mv(src, dst))
+    with_client(ctx, lambda c: c.mv(src, dst), region)
 
 
 def mkdir(
@@ -214,6 +342,7 @@ def mkdir(
     parents: Annotated[
         bool, typer.Option("-p", "--parents", help="Make parents as needed")
     ] = False,
+    region: RegionOpt = None,
 ) -> None:
     """Make a directory."""
-    with_client(ctx, lambda c: c.mkdir(path, parents=parents))
+    with_client(ctx, lambda c: c.mkdir(path, parents=parents), region)

@@ -70,7 +70,7 @@ async def test_file_verbs_against_the_source(source: SourceCluster, tmp_path: Pa
     assert mfs("cat", "/a/b/f.bin", config=cfg).stdout == data
     mfs("get", "/a/b/f.bin", str(tmp_path / "out.bin"), config=cfg)
     assert (tmp_path / "out.bin").read_bytes() == data
-    attr = orjson.loads(mfs("stat", "/a/b/f.bin", config=cfg).stdout)
+    attr = orjson.loads(mfs("stat", "--json", "/a/b/f.bin", config=cfg).stdout)
     assert attr["size"] == len(data) and attr["kind"] == "file"
     mfs("mv", "/a/b/f.bin", "/a/g.bin", config=cfg)
     assert mfs("ls", "/a", config=cfg).stdout.split() == [b"b/", b"g.bin"]

@@ -7,9 +7,12 @@ byte-identical after any failure; `put` checks the destination before uploading.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from objstore import open_store
@@ -127,3 +130,45 @@ async def test_put_makes_parents_and_failed_puts_upload_nothing(
         assert_clean_error(proc, word)
     assert await bucket_keys(source) == before, "a failed put left objects in the bucket"
     assert mfs("ls", "/", config=cfg).stdout.split() == [b"deep/"]
+
+
+async def test_stat_ls_long_and_regions_by_name(source: SourceCluster, tmp_path: Path) -> None:
+    cfg = source.config_path
+    (tmp_path / "f").write_bytes(b"12345")
+    mfs("put", str(tmp_path / "f"), "/d/f.bin", config=cfg)
+    async with source.client() as c:
+        await c.op("symlink", path="/d/link", target="f.bin", uid=0, gid=0)
+
+    human = mfs("stat", "/d/f.bin", config=cfg).stdout.decode()
+    assert "kind:     file" in human and "size:     5 bytes" in human
+    assert "mode:     0644 (-rw-r--r--)" in human and " UTC" in human
+    as_json = orjson.loads(mfs("stat", "--json", "/d/f.bin", config=cfg).stdout)
+    assert as_json["size"] == 5 and as_json["mode"] == 0o644 and as_json["kind"] == "file"
+    assert "path:     /d/link -> f.bin" in mfs("stat", "/d/link", config=cfg).stdout.decode()
+
+    lines = mfs("ls", "-l", "/d", config=cfg).stdout.decode().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("-rw-r--r--") and lines[0].split()[4] == "5"
+    assert lines[0].endswith(" f.bin")
+    assert lines[1].startswith("lrwxrwxrwx") and lines[1].endswith(" link -> f.bin")
+    assert mfs("ls", "/d/f.bin", config=cfg).stdout == b"/d/f.bin\n"  # a file: just it
+    # The read options are accepted in the source region too (it is never stale).
+    out = mfs("cat", "--window", "0.5", "--policy", "error", "/d/f.bin", config=cfg)
+    assert out.stdout == b"12345"
+    assert mfs("ls", "--region", "source", "/", config=cfg).stdout == b"d/\n"
+
+    # An unknown region: one line naming the known ones, from --region or the environment.
+    for args, env in [(["--region", "mars"], {}), ([], {"MIRRORFS_REGION": "mars"})]:
+        for verb in (["ls", "/"], ["cat", "/d/f.bin"], ["mkdir", "/x"]):
+            proc = mfs_env(env, *verb, *args, config=cfg)
+            assert_clean_error(proc, b"'mars'", b"known: source")
+            assert proc.returncode == 1 and b"hint: " in proc.stderr
+    proc = mfs("cat", "--policy", "sometimes", "/d/f.bin", config=cfg, check=False)
+    assert proc.returncode == 2 and b"sometimes" in proc.stderr  # a usage error, as click's
+    assert b"Traceback" not in proc.stderr
+    assert mfs("ls", "/", config=cfg).stdout == b"d/\n"  # and nothing was made
+
+
+def mfs_env(env: dict[str, str], *args: str, config: Path) -> subprocess.CompletedProcess[bytes]:
+    cmd = [sys.executable, "-m", "cli", "--config", str(config), *args]
+    return subprocess.run(cmd, capture_output=True, timeout=120, env={**os.environ, **env})
