@@ -6,12 +6,13 @@
 -- the one-way delay). NULL: not measured yet.
 ALTER TABLE watermark ADD COLUMN source_clock_skew_ms bigint;
 
--- Wake waiting readers the moment a batch commits (NOTIFY is delivered at commit), with the
--- new version as payload; the applier and the snapshot loader both move the watermark by an
--- UPDATE of applied_version, so one trigger covers both. The skew's own updates do not fire it.
+-- Wake waiting readers the moment a batch commits (NOTIFY is delivered at commit), with
+-- "applied_version:applied_ts" as payload (readers keep the watermark in memory from it); the
+-- applier and the snapshot loader both move the watermark by an UPDATE of applied_version, so
+-- one trigger covers both. The skew's own updates do not fire it.
 CREATE FUNCTION watermark_moved_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('mirrorfs_watermark', NEW.applied_version::text);
+    PERFORM pg_notify('mirrorfs_watermark', NEW.applied_version || ':' || NEW.applied_ts);
     RETURN NULL;
 END
 $$;

@@ -342,7 +342,10 @@ def mirrorfs(config: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
 
 async def test_put_then_cat_in_the_region_reads_the_write(tmp_path: Path, pg_dsn: str) -> None:
     async with delayed_region(tmp_path, pg_dsn) as s:
-        s.line.set_delay(1.5)  # each command's process is new: only the replica can tell
+        # Each command is a new process (over a second to start): the follower must lag more
+        # than that, less than the put's wait for it (DEFAULT_SETTLE_TIMEOUT_S), and less than
+        # the stream's idle timeout (volume/client.py STREAM_IDLE_TIMEOUT_S, 5 s).
+        s.line.set_delay(4.0)
         local = tmp_path / "x.bin"
         data = os.urandom(200_000)
         local.write_bytes(data)

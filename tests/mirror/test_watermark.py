@@ -36,6 +36,28 @@ async def test_a_wait_returns_once_the_batch_commits_not_at_the_next_poll(db: Da
         await progress.aclose()
 
 
+async def test_current_follows_the_notifications_without_reading_the_row(db: Database) -> None:
+    progress = ReplicaWatermark(db)
+    try:
+        assert (await progress.current()).applied_version == 0  # read: not listening yet
+        deadline = time.monotonic() + 10
+        while not progress._listening:
+            assert time.monotonic() < deadline, "the watermark listener did not start"
+            await asyncio.sleep(0.02)
+
+        async def no_read() -> WatermarkState:
+            raise AssertionError("current() read the row while listening")
+
+        progress._read = no_read  # type: ignore[method-assign]
+        await apply_records(db, [tick(1, 1000), tick(2, 1500)])
+        while (await progress.current()).applied_version < 2:
+            assert time.monotonic() < deadline, "current() never showed the move"
+            await asyncio.sleep(0.01)
+        assert await progress.current() == WatermarkState(2, 1500, None)
+    finally:
+        await progress.aclose()
+
+
 async def test_a_wait_that_is_not_met_returns_the_latest_state_at_its_deadline(
     db: Database,
 ) -> None:
