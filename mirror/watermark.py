@@ -73,6 +73,7 @@ class ReplicaWatermark:
         self._listening = False  # notifications are arriving: `_latest` follows every move
         self._latest: WatermarkState | None = None
         self._read_at = 0.0  # monotonic time of the last read of the row (the skew's source)
+        self._closed = False
 
     async def current(self) -> WatermarkState:
         self._start_listening()
@@ -140,6 +141,8 @@ class ReplicaWatermark:
                 fut.set_result(None)
 
     def _start_listening(self) -> None:
+        if self._closed:
+            return  # closed: calls still answer, from the row, but never listen again
         if self._listener is None or self._listener.done():
             self._listener = asyncio.create_task(self._listen(), name="watermark-listen")
 
@@ -166,6 +169,7 @@ class ReplicaWatermark:
 
     async def aclose(self) -> None:
         """Stop listening (the database is the caller's to close)."""
+        self._closed = True
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -277,8 +277,11 @@ async def test_random_workload_reads_within_their_bounds_and_sessions_monotonic(
                     Write(session, region, path, version, data, started, returned, settled)
                 )
 
-            for path in PATHS:  # every path exists before anyone reads
+            for path in PATHS:  # every path exists, in the region too, before anyone reads
                 await write("src-w1", path)
+            last = history.writes[-1].version
+            progress = gate_of(clients["eu-r1"]).progress
+            assert (await progress.wait(version=last, timeout_s=30)).applied_version >= last
 
             async def read(session: str) -> None:
                 fs = clients[session]
