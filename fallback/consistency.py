@@ -193,6 +193,7 @@ class ConsistencyGate:
         # it stays there (its follower stopped, or cut off), reads apply their policy at once
         # instead of each waiting wait_s. A following replica moves every tick.
         self._stuck_at: int | None = None
+        self._gave_up_at = 0  # the highest version a settle waited for in vain (and warned)
 
     def _note_progress(self, before: int, state: ReplicaState) -> None:
         """After a wait: stuck if the replica did not move at all, else not."""
@@ -269,13 +270,14 @@ class ConsistencyGate:
         started = time.monotonic()
         timeout_s = self.settle_timeout_s
         before = (await self.progress.current()).applied_version
-        if before >= version:
-            return
+        if before >= version or version <= self._gave_up_at:
+            return  # shown, or already waited for in vain (a put settles before its marks)
         if self._stuck_at == before:
             timeout_s = min(timeout_s, self.wait_s)  # its follower is stopped: say so sooner
         state = await self.progress.wait(version=version, timeout_s=timeout_s)
         self._note_progress(before, state)
         if state.applied_version < version:
+            self._gave_up_at = max(self._gave_up_at, version)
             log.warning(
                 "mirror.write_not_visible_yet",
                 region=self.region,
