@@ -19,14 +19,19 @@ import os
 import threading
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar, cast
+
+import structlog
 
 from fallback.client import FsClient
 from fallback.consistency import ReadBound
 from fallback.handle import FileHandle
 from fallback.writer import WriteResult
 from volume.inode import Inode
+
+log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 Connect = Callable[[], Awaitable[FsClient]]
@@ -41,6 +46,9 @@ class _Loop:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        # Made now, not on first use: a first asyncio.to_thread while the interpreter exits
+        # (a client closed by _close_all_at_exit) could not start an executor any more.
+        self.loop.set_default_executor(ThreadPoolExecutor(thread_name_prefix="mirrorfs-client"))
         self.client: FsClient | None = None
         self.thread = threading.Thread(target=self._main, name="mirrorfs-client", daemon=True)
         self.thread.start()
@@ -59,6 +67,7 @@ class _Loop:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     def close(self) -> None:
+        _OPEN.discard(self)
         if self.loop.is_closed():
             return
         try:
@@ -72,6 +81,24 @@ class _Loop:
                 self.loop.close()
 
 
+_OPEN: weakref.WeakSet[_Loop] = weakref.WeakSet()
+
+
+def _close_all_at_exit() -> None:
+    """Close the clients nobody closed (fsspec keeps its file systems for the process's life)
+    while threads still work: closing one may need asyncio.to_thread (an embedded PostgreSQL's
+    detach), which fails once concurrent.futures has shut its workers down, and atexit
+    handlers run after that. threading's own exit hooks run first, newest first."""
+    for loop in list(_OPEN):
+        try:
+            loop.close()
+        except Exception as exc:  # noqa: BLE001 - at exit: say it, do not stop the others
+            log.warning("sync_client.close_at_exit_failed", error=str(exc))
+
+
+threading._register_atexit(_close_all_at_exit)  # type: ignore[attr-defined]
+
+
 class SyncClient:
     """FsClient's verbs as blocking calls. `connect` makes the FsClient (on the background
     loop): cli.client.connect builds one from a config and a region name. Close it (or use
@@ -79,7 +106,9 @@ class SyncClient:
 
     def __init__(self, connect: Connect) -> None:
         self._loop = _Loop()
+        _OPEN.add(self._loop)
         self._closer = weakref.finalize(self, self._loop.close)
+        self._closer.atexit = False  # at exit, _close_all_at_exit does it, earlier
         try:
             self._loop.client = self._loop.run(_connect(connect))
         except BaseException:

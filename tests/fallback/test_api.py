@@ -12,6 +12,8 @@ import io
 import os
 import pickle
 import random
+import subprocess
+import sys
 import zipfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -305,3 +307,34 @@ def test_an_unknown_region_names_the_known_ones(cluster: SourceCluster) -> None:
     with pytest.raises(ConfigError) as info:
         connect(cluster.config_path, region="mars")
     assert "'mars'" in str(info.value) and "known: source" in str(info.value)
+
+
+EXIT_SCRIPT = """
+import asyncio, contextlib, sys
+from fallback.client import FsClient
+from fallback.sync import SyncClient
+from volume.config import load_config
+
+async def connect():
+    client = await FsClient.for_source(load_config(sys.argv[1]), uid=0, gid=0)
+    # As an embedded PostgreSQL's detach: closing needs a worker thread.
+    client.resources = contextlib.AsyncExitStack()
+    client.resources.push_async_callback(asyncio.to_thread, print, "closed", flush=True)
+    return client
+
+fs = SyncClient(connect)  # never closed: fsspec's cached file systems are not either
+print(fs.listdir("/"), flush=True)
+"""
+
+
+def test_a_client_left_open_is_closed_at_exit_while_threads_still_work(
+    cluster: SourceCluster,
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", EXIT_SCRIPT, str(cluster.config_path)],
+        capture_output=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode().split() == ["[]", "closed"], proc.stdout.decode()
+    assert b"Traceback" not in proc.stderr, proc.stderr.decode()
