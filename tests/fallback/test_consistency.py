@@ -32,6 +32,7 @@ from cli.connect import open_client
 from fallback import ConsistencyGate, FsClient, ReadBound, StaleMirrorError, StalePolicy
 from fallback.consistency import now_ms, staleness_s
 from mirror.region_counters import RegionCounters
+from mirror.watermark import save_clock_skew
 from scenarios.checker import SOURCE, History, Read, Write, check
 from tests.changelog.cluster import SourceCluster
 from tests.fallback.delayline import DelayLine
@@ -233,6 +234,30 @@ async def test_source_region_down_serve_keeps_reads_working_flagged_stale(
             assert gate_of(fs).counters.stale_served == 3
             # The replica stopped moving during the first wait: the others did not wait.
             assert gate_of(fs).counters.stale_waits == 1
+
+
+async def test_a_source_clock_ahead_adds_to_staleness_one_behind_never_subtracts(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    async with delayed_region(tmp_path, pg_dsn) as s:
+        async with await s.client() as fs:
+            await fs.write_file("/clock/f", b"x")
+        s.region.stop()  # no follower to overwrite the estimates set below
+        error = StalePolicy.ERROR
+        async with s.region.database() as db:
+            await save_clock_skew(db, -5000)  # the source 5 s behind (or a slow link)
+        async with await s.client() as fs:
+            await stale_by(s, fs, 3.0)
+            # Subtracting it would make the replica look fresh: it never counts.
+            with pytest.raises(StaleMirrorError) as behind:
+                await fs.stat("/clock/f", bound=ReadBound(window_s=3.0, policy=error))
+            assert behind.value.staleness_s < 5.0
+        async with s.region.database() as db:
+            await save_clock_skew(db, 5000)  # the source's clock proven 5 s ahead
+        async with await s.client() as fs:
+            with pytest.raises(StaleMirrorError) as ahead:
+                await fs.stat("/clock/f", bound=ReadBound(window_s=6.0, policy=error))
+            assert ahead.value.staleness_s > 8.0  # ~3 s on this host's clock, plus 5
 
 
 # -- the randomised workload ----------------------------------------------------------------
