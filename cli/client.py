@@ -10,10 +10,8 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 from pathlib import Path
-from typing import Any
 
 from cli.connect import SOURCE, open_client
 from fallback import FsClient
@@ -39,13 +37,6 @@ def check_region(cfg: VolumeConfig, region: str) -> None:
         raise err
 
 
-def read_options(window_s: float | None, policy: StalePolicy | str | None) -> dict[str, Any]:
-    """The consistency keyword arguments open_client takes (none it does not know)."""
-    params = inspect.signature(open_client).parameters
-    given = {"window_s": window_s, "policy": None if policy is None else StalePolicy(policy)}
-    return {k: v for k, v in given.items() if v is not None and k in params}
-
-
 async def aconnect(
     config: str | os.PathLike[str] | VolumeConfig | None = None,
     region: str | None = None,
@@ -62,7 +53,7 @@ async def aconnect(
         cfg = load_config(None if config is None else Path(config))
     name = default_region(region)
     check_region(cfg, name)
-    return await open_client(cfg, name, uid=uid, gid=gid, **read_options(window_s, policy))
+    return await open_client(cfg, name, uid=uid, gid=gid, window_s=window_s, policy=policy)
 
 
 def connect(
