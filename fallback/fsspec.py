@@ -21,6 +21,7 @@ import os
 import posixpath
 import stat as stat_mod
 import tempfile
+import threading
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any
@@ -94,6 +95,7 @@ class MirrorFileSystem(AbstractFileSystem):  # type: ignore[misc]
             policy=None if policy is None else StalePolicy(policy),
         )
         self._sync: SyncClient | None = None
+        self._connecting = threading.Lock()
 
     def connect_client(self) -> Awaitable[FsClient]:
         """Make this region's FsClient (run on the client's loop). Supplied by a subclass:
@@ -107,9 +109,10 @@ class MirrorFileSystem(AbstractFileSystem):  # type: ignore[misc]
     def client(self) -> SyncClient:
         """The region's client, connected on first use (so constructing the file system, as
         fsspec does on every URL it parses, opens nothing)."""
-        if self._sync is None:
-            self._sync = SyncClient(self.connect_client)
-        return self._sync
+        with self._connecting:  # threads share a file system (fsspec caches instances)
+            if self._sync is None:
+                self._sync = SyncClient(self.connect_client)
+            return self._sync
 
     def close(self) -> None:
         if self._sync is not None:

@@ -234,14 +234,16 @@ async def _open(client: FsClient, path: str, bound: ReadBound | None) -> FileHan
 
 class SyncReader(io.BufferedIOBase):
     """A binary file over a FileHandle: one version of the file (`version`, `stale`, `size`).
-    `run` runs a coroutine on the handle's loop and waits for it."""
+    `run` runs a coroutine on the handle's loop and waits for it. Threads may share one (as
+    pyarrow's readers do): each call holds the file's lock."""
 
     def __init__(self, handle: FileHandle, run: Callable[[Coroutine[Any, Any, Any]], Any]) -> None:
         super().__init__()
         self.handle = handle
         self._run = run
-        self.name = handle.path
+        self.name = self.path = handle.path
         self.mode = "rb"
+        self._lock = threading.Lock()
 
     @property
     def size(self) -> int:
@@ -262,15 +264,16 @@ class SyncReader(io.BufferedIOBase):
         return True
 
     def read(self, n: int | None = -1) -> bytes:
-        self._check_open()
         want = -1 if n is None else n
-        if want == 0:
-            return b""
-        got = self.handle.read_buffered(want) or b""  # no trip to the loop if in memory
-        if len(got) == want or self.handle.tell() >= self.size:
-            return got
-        rest: bytes = self._run(self.handle.read(-1 if want < 0 else want - len(got)))
-        return got + rest if got else rest
+        with self._lock:
+            self._check_open()
+            if want == 0:
+                return b""
+            got = self.handle.read_buffered(want) or b""  # no trip to the loop if in memory
+            if len(got) == want or self.handle.tell() >= self.size:
+                return got
+            rest: bytes = self._run(self.handle.read(-1 if want < 0 else want - len(got)))
+            return got + rest if got else rest
 
     read1 = read
 
@@ -283,15 +286,19 @@ class SyncReader(io.BufferedIOBase):
     readinto1 = readinto
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self._check_open()
-        return self.handle.seek(offset, whence)
+        with self._lock:
+            self._check_open()
+            return self.handle.seek(offset, whence)
 
     def tell(self) -> int:
-        self._check_open()
-        return self.handle.tell()
+        with self._lock:
+            self._check_open()
+            return self.handle.tell()
 
     def close(self) -> None:
-        if not self.closed:
+        with self._lock:
+            if self.closed:
+                return
             try:
                 self._run(self.handle.aclose())
             except ClientClosedError:

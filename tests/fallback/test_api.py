@@ -8,12 +8,14 @@ test_api_mirror.py.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import io
 import os
 import pickle
 import random
 import subprocess
 import sys
+import threading
 import zipfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -338,3 +340,28 @@ def test_a_client_left_open_is_closed_at_exit_while_threads_still_work(
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.decode().split() == ["[]", "closed"], proc.stdout.decode()
     assert b"Traceback" not in proc.stderr, proc.stderr.decode()
+
+
+def test_threads_share_a_sync_client(sync: SyncClient) -> None:
+    data = os.urandom(3 * BLOCK_SIZE)
+    sync.write_file("/shared.bin", data)
+    shared = sync.open("/shared.bin")
+    shared_lock = threading.Lock()  # seek + read as one step, as pyarrow's read_at does
+
+    def reader(seed: int) -> int:
+        rng = random.Random(seed)
+        checked = 0
+        with sync.open("/shared.bin") as own:
+            for _ in range(30):
+                pos, n = rng.randrange(len(data)), rng.choice([1, 100, BLOCK_SIZE])
+                own.seek(pos)
+                assert own.read(n) == data[pos : pos + n]
+                with shared_lock:
+                    shared.seek(pos)
+                    assert shared.read(n) == data[pos : pos + n]
+                checked += 1
+        return checked
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        assert sum(pool.map(reader, range(8))) == 8 * 30
+    shared.close()
