@@ -14,9 +14,7 @@ import os
 from pathlib import Path
 
 from cli.connect import SOURCE, open_client
-from fallback import FsClient
-from fallback.consistency import StalePolicy
-from fallback.sync import SyncClient
+from fallback import FsClient, StalePolicy, SyncClient
 from volume.config import VolumeConfig, load_config
 from volume.errors import ConfigError
 

@@ -26,8 +26,7 @@ import typer
 
 from cli.client import REGION_ENV, aconnect
 from cli.runtime import config, fail, run
-from fallback import FsClient
-from fallback.consistency import ReadBound, StalePolicy
+from fallback import FsClient, ReadBound, StalePolicy
 from objstore.errors import StoreError
 from volume.errors import ChangelogError
 from volume.inode import Inode

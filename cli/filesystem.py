@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 
 from cli.client import aconnect
-from fallback import FsClient
-from fallback.fsspec import MirrorFileSystem
+from fallback import FsClient, MirrorFileSystem
 
 
 class RegionFileSystem(MirrorFileSystem):  # type: ignore[misc]
