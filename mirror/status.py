@@ -67,6 +67,7 @@ STATUS_FIELDS = (
 def follower_part(region: MirrorRegion, follower: FollowerStatus) -> dict[str, Any]:
     """Where the replica stands against the source, from the follower's own state."""
     now_ms = time.time_ns() // 1_000_000
+    source_now_ms = now_ms + max(0, follower.source_clock_skew_ms or 0)
     source_version = max(follower.source_version, follower.applied_version)
     return {
         "mirror": region.name,
@@ -76,7 +77,9 @@ def follower_part(region: MirrorRegion, follower: FollowerStatus) -> dict[str, A
         "applied_ts": follower.applied_ts,
         "source_version": source_version,
         "lag_versions": source_version - follower.applied_version,
-        "lag_seconds": round(max(0, now_ms - follower.applied_ts) / 1000, 3)
+        # The staleness a reader's consistency gate measures: a source clock proven ahead
+        # counts, one behind never does (fallback/consistency.py).
+        "lag_seconds": round(max(0, source_now_ms - follower.applied_ts) / 1000, 3)
         if follower.applied_ts
         else None,
         "records_per_s": round(follower.records_per_s, 1),
