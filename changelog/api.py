@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from changelog.metrics import NodeCollector
 from changelog.namespace import Namespace
@@ -61,7 +61,7 @@ from volume.records import (
 )
 from volume.request_ids import MalformedRequestIdError, new_request_id, parse_request_id
 from volume.tokens import ANY_MIRROR, CLIENT_RO, CLIENT_RW, OWN_MIRROR, TokenVerifier
-from volume.web import add_route, bearer_auth, json_errors, json_response
+from volume.web import add_route, bearer_auth, json_errors, json_response, metrics_response
 
 log = structlog.get_logger(__name__)
 
@@ -339,10 +339,7 @@ async def get_status(request: web.Request) -> web.Response:
 
 
 async def get_metrics(request: web.Request) -> web.Response:
-    registry: CollectorRegistry = request.app[REGISTRY_KEY]
-    return web.Response(
-        body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-    )
+    return metrics_response(request.app[REGISTRY_KEY])
 
 
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)

@@ -20,10 +20,11 @@ class NodeCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         st = self.node.status()
         node = str(self.node.node_id)
+        volume = self.node.cfg.name
 
         def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
-            g = GaugeMetricFamily(f"mirrorfs_source_{name}", doc, labels=["node"])
-            g.add_metric([node], value)
+            g = GaugeMetricFamily(f"mirrorfs_source_{name}", doc, labels=["volume", "node"])
+            g.add_metric([volume, node], value)
             return g
 
         yield gauge("applied_version", "Last changelog version applied here", st["applied_version"])
@@ -33,8 +34,10 @@ class NodeCollector(Collector):
         yield gauge("first_available_version", "Lowest version still served", st["first_available"])
         yield gauge("mirrors", "Registered mirror regions", len(st["mirrors"]))
         acked = GaugeMetricFamily(
-            "mirrorfs_source_mirror_acked_version", "Version a mirror acked", labels=["mirror"]
+            "mirrorfs_source_mirror_acked_version",
+            "Version a mirror acked",
+            labels=["volume", "node", "mirror"],
         )
         for name, m in st["mirrors"].items():
-            acked.add_metric([name], m["acked"])
+            acked.add_metric([volume, node, name], m["acked"])
         yield acked

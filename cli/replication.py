@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from cli.logs import bind_process
-from cli.runtime import mirror_region, run, run_until_signalled
+from cli.runtime import fail, mirror_region, run, run_until_signalled
 from mirror import (
     CopyQueue,
     Database,
@@ -187,6 +187,14 @@ def verify_cmd(
         raise typer.Exit(1)
 
 
+def listen_address(text: str) -> tuple[str, int]:
+    """HOST:PORT as given to a --metrics/--listen option; a clear error otherwise."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        fail(f"--metrics {text!r}: expected HOST:PORT, e.g. 127.0.0.1:9478")
+    return host, int(port)
+
+
 def worker(
     ctx: typer.Context,
     name: MirrorName,
@@ -198,6 +206,10 @@ def worker(
         float | None,
         typer.Option(min=1, help="Cap in bytes/s (default: copy_bandwidth_bytes_per_s)"),
     ] = None,
+    metrics: Annotated[
+        str,
+        typer.Option(help="Serve GET /metrics at HOST:PORT (port 0: any free port; '': off)"),
+    ] = "127.0.0.1:0",
 ) -> None:
     """Run extra copy workers for NAME (on this or another machine, same PostgreSQL) until
     Ctrl-C or SIGTERM, showing what they copy: a live line on a terminal, a line every
@@ -227,4 +239,16 @@ def worker(
                 last[0] = time.monotonic()
                 typer.echo(line, err=True)
 
-        run_until_signalled(lambda stop: run_workers(region, stop, options, on_progress=show))
+        def metrics_url(url: str) -> None:
+            typer.echo(f"metrics: {url}", err=True)
+
+        run_until_signalled(
+            lambda stop: run_workers(
+                region,
+                stop,
+                options,
+                on_progress=show,
+                metrics_at=listen_address(metrics) if metrics else None,
+                on_metrics_url=metrics_url,
+            )
+        )

@@ -14,12 +14,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
 
-from mirror.metrics import render_metrics
+from mirror.metrics import status_registry
 from mirror.status import is_degraded
 from volume.tokens import MIRROR_PREFIX, TokenVerifier
-from volume.web import add_route, bearer_auth, json_errors, json_response
+from volume.web import add_route, bearer_auth, json_errors, json_response, metrics_response
 
 StatusSource = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -37,8 +36,7 @@ def build_app(verifier: TokenVerifier, mirror: str, status: StatusSource) -> web
     )
 
     async def get_metrics(request: web.Request) -> web.Response:
-        body = render_metrics(await status())
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return metrics_response(status_registry(await status()))
 
     add_route(app, "GET", "/v1/status", get_status, allow=[MIRROR_PREFIX + mirror])
     app.router.add_get("/metrics", get_metrics)

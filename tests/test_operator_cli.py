@@ -14,8 +14,11 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from cli.demo import print_tips
 from cli.logs import MASK, redact
@@ -25,6 +28,8 @@ from tests.mirror.region import MirrorRegion
 from tests.test_cli import mfs
 from tests.test_replication_cli import wait_status
 from volume.config import MirrorConfig, load_config, write_config
+
+README = Path(__file__).parents[1] / "README.md"
 
 
 @pytest.fixture
@@ -89,7 +94,23 @@ async def test_status_fails_loudly_and_shows_the_replicator(region: MirrorRegion
     assert again.stdout.startswith(b"0 block(s) under /w still to copy"), again.stdout
 
 
-async def test_worker_shows_what_it_copies(region: MirrorRegion) -> None:
+async def scrape(url: str) -> dict[str, list[Sample]]:
+    """{family name: samples} of a /metrics URL (no token: scrapers rarely carry one)."""
+    async with aiohttp.ClientSession() as s, s.get(url) as resp:
+        assert resp.status == 200, url
+        text = await resp.text()
+    return {f.name: f.samples for f in text_string_to_metric_families(text)}
+
+
+def documented(families: dict[str, list[Sample]]) -> None:
+    """Every mirrorfs family a daemon exposes is named in the README's metrics table."""
+    readme = README.read_text()
+    names = [n for n in families if n.startswith("mirrorfs_")]
+    missing = [n for n in names if f"`{n}`" not in readme]
+    assert not missing, f"README does not document {missing}"
+
+
+async def test_worker_shows_what_it_copies_and_serves_metrics(region: MirrorRegion) -> None:
     cfg_path = region.cluster.config_path
     proc = subprocess.Popen(
         [sys.executable, "-m", "cli", "--config", str(cfg_path), "mirror", "worker", "eu"],
@@ -98,12 +119,26 @@ async def test_worker_shows_what_it_copies(region: MirrorRegion) -> None:
     )
     try:
         assert proc.stderr is not None
-        line = await asyncio.wait_for(asyncio.to_thread(proc.stderr.readline), 60)
-        assert line.startswith(b"eu: ") and b"block(s) since start" in line, line
+        lines = [await asyncio.wait_for(asyncio.to_thread(proc.stderr.readline), 60)]
+        lines.append(await asyncio.wait_for(asyncio.to_thread(proc.stderr.readline), 60))
+        url = next(x for x in lines if x.startswith(b"metrics: ")).split()[1].decode()
+        progress = next(x for x in lines if x.startswith(b"eu: "))
+        assert b"block(s) since start" in progress, lines
+        families = await scrape(url)
+        sample = families["mirrorfs_worker_copy_concurrency"][0]
+        assert sample.labels["mirror"] == "eu" and sample.labels["volume"] == "test"
+        assert sample.value == 16
+        documented(families)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
     assert proc.returncode == 0
+
+    families = await scrape(f"{region.api}/metrics")  # the region daemon's
+    lag = families["mirrorfs_region_lag_seconds"][0]
+    assert lag.labels == {"volume": "test", "mirror": "eu"}
+    assert "mirrorfs_objstore_requests" in families  # its buckets' requests, by outcome
+    documented(families)
 
 
 def test_unknown_names_are_one_line_errors(tmp_path: Path) -> None:
@@ -147,6 +182,10 @@ async def test_changelog_hides_bookkeeping_and_status_keeps_urls(tmp_path: Path)
         out = mfs("source", "status", config=cfg_path).stdout.decode()
         for node in load_config(cfg_path).source.nodes:
             assert node.api in out, out  # off a terminal, never cut at 80 columns
+            families = await scrape(f"{node.api}/metrics")
+            applied = families["mirrorfs_source_applied_version"][0]
+            assert applied.labels == {"volume": "test", "node": str(node.id)}
+            documented(families)
 
 
 def test_help_names_the_log_choices_and_the_demo_order_is_stable(

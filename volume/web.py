@@ -18,6 +18,7 @@ import orjson
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 from volume.errors import AuthError, ChangelogError, ForbiddenError
 from volume.tokens import (
@@ -155,3 +156,11 @@ def json_errors(*, service: str) -> Middleware:
             return error_response(ChangelogError(f"internal error: {type(exc).__name__}: {exc}"))
 
     return errors
+
+
+def metrics_response(*registries: CollectorRegistry) -> web.Response:
+    """`GET /metrics` of a daemon: the exposition of its own families and, after them, the
+    process's default registry (the object-store layers' requests, bytes, errors and
+    latencies), so one scrape gets everything the process knows."""
+    body = b"".join(generate_latest(r) for r in (*registries, REGISTRY))
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
