@@ -15,6 +15,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Paragraphs of a docstring rewrap to the terminal (rich mode kept its line breaks).
+    rich_markup_mode="markdown",
 )
 
 

@@ -127,7 +127,7 @@ def put(
 
 def get(
     ctx: typer.Context,
-    path: Annotated[str, typer.Argument()],
+    path: Annotated[str, typer.Argument(help="Path in the volume to download")],
     local: Annotated[Path, typer.Argument(help="Local destination file, or a directory")],
     region: RegionOpt = None,
     window: WindowOpt = None,
@@ -221,7 +221,7 @@ class LocalReplacement:
 
 def cat(
     ctx: typer.Context,
-    path: Annotated[str, typer.Argument()],
+    path: Annotated[str, typer.Argument(help="File in the volume")],
     region: RegionOpt = None,
     window: WindowOpt = None,
     policy: PolicyOpt = None,
@@ -240,7 +240,7 @@ def cat(
 
 def ls(
     ctx: typer.Context,
-    path: Annotated[str, typer.Argument()] = "/",
+    path: Annotated[str, typer.Argument(help="Directory (or file) in the volume")] = "/",
     long: Annotated[
         bool, typer.Option("-l", help="Long listing: mode, links, owner, size, time, name")
     ] = False,
@@ -277,7 +277,7 @@ def _type_bits(kind: str) -> int:
 
 def stat(
     ctx: typer.Context,
-    path: Annotated[str, typer.Argument()],
+    path: Annotated[str, typer.Argument(help="Path in the volume")],
     as_json: Annotated[bool, typer.Option("--json", help="The attributes as JSON")] = False,
     region: RegionOpt = None,
     window: WindowOpt = None,
@@ -317,7 +317,7 @@ def _utc(ms: int) -> str:
 
 def rm(
     ctx: typer.Context,
-    path: Annotated[str, typer.Argument()],
+    path: Annotated[str, typer.Argument(help="Path to remove")],
     dir: Annotated[bool, typer.Option("-d", "--dir", help="Remove an empty directory")] = False,
     region: RegionOpt = None,
 ) -> None:
@@ -327,8 +327,8 @@ def rm(
 
 def mv(
     ctx: typer.Context,
-    src: Annotated[str, typer.Argument()],
-    dst: Annotated[str, typer.Argument()],
+    src: Annotated[str, typer.Argument(help="Path to rename")],
+    dst: Annotated[str, typer.Argument(help="New path (a file there is replaced)")],
     region: RegionOpt = None,
 ) -> None:
     """Rename (replaces a file at dst, refuses a move into its own subtree)."""
@@ -337,7 +337,7 @@ def mv(
 
 def mkdir(
     ctx: typer.Context,
-    path: Annotated[str, typer.Argument()],
+    path: Annotated[str, typer.Argument(help="Directory to make")],
     parents: Annotated[
         bool, typer.Option("-p", "--parents", help="Make parents as needed")
     ] = False,

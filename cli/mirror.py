@@ -22,7 +22,9 @@ from volume.client import SourceClient
 from volume.config import MirrorConfig, VolumeConfig, write_config
 from volume.errors import MirrorRemovedError
 
-mirror_app = typer.Typer(help="Create, run and inspect mirror regions.")
+mirror_app = typer.Typer(
+    help="Create, run and inspect mirror regions.", rich_markup_mode="markdown"
+)
 
 
 def register(app: typer.Typer) -> None:

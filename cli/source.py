@@ -30,7 +30,9 @@ from volume.config import (
 from volume.errors import ChangelogError
 from volume.records import MIRROR_ACK, TICK
 
-source_app = typer.Typer(help="Run and inspect the source region's metadata nodes.")
+source_app = typer.Typer(
+    help="Run and inspect the source region's metadata nodes.", rich_markup_mode="markdown"
+)
 STATUS_TIMEOUT_S = 3.0
 BOOKKEEPING_OPS = frozenset({TICK, MIRROR_ACK})
 

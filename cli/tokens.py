@@ -15,7 +15,7 @@ from cli.runtime import config, fail
 from volume.errors import BadRequestError
 from volume.tokens import SCOPES_HELP, mint_token, mirror_of, parse_scope, token_key
 
-token_app = typer.Typer(help="Mint bearer tokens with scopes.")
+token_app = typer.Typer(help="Mint bearer tokens with scopes.", rich_markup_mode="markdown")
 
 
 def register(app: typer.Typer) -> None:

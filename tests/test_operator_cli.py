@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -224,3 +225,28 @@ def test_log_lines_never_carry_a_secret() -> None:
     assert out["dsn"].startswith("postgresql://mirror:") and out["dsn"].endswith(
         "@127.0.0.1:5432/eu"
     )
+
+
+def test_every_argument_and_command_is_described() -> None:
+    import typer
+
+    from cli.app import app
+
+    def walk(cmd: Any, path: str) -> list[tuple[str, Any]]:  # typer's own (vendored) click
+        found = [(path, cmd)]
+        for name, sub in getattr(cmd, "commands", {}).items():
+            found += walk(sub, f"{path} {name}")
+        return found
+
+    undescribed = []
+    for path, cmd in walk(typer.main.get_command(app), "mirrorfs"):
+        if not (cmd.help or "").strip():
+            undescribed.append(path)
+        if "until SIGTERM" in (cmd.help or ""):
+            undescribed.append(f"{path}: says 'until SIGTERM' (Ctrl-C works too)")
+        for param in cmd.params:
+            if param.param_type_name == "argument" and not getattr(param, "help", None):
+                undescribed.append(f"{path} {param.name}")
+    assert not undescribed, undescribed
+    arguments = [p for _, c in walk(typer.main.get_command(app), "") for p in c.params]
+    assert sum(p.param_type_name == "argument" for p in arguments) > 20
