@@ -124,6 +124,11 @@ class FileHandle:
         except StopAsyncIteration:
             await self._drop_stream()
             raise EOFError(f"{self.path}: the block stream ended at {pos}") from None
+        except BaseException:
+            # A stream that raised is finished (its finally cancelled its fetches): the next
+            # read opens a new one, so a read retried after a failed block can succeed.
+            self._stream = None
+            raise
         self._buf, self._buf_off = piece, self._stream_next
         self._stream_next += len(piece)
 
