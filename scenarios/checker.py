@@ -12,7 +12,13 @@ claims a history breaks, each violation one readable line:
   the local replica showing it (`settled`) is seen by every read in that region started after.
 - **One version's bytes**: a read of a path at version `v` returns exactly the bytes of the
   last write to that path at or below `v` (only the workload's writers write those paths, and
-  each write is recorded once it is known to have committed).
+  each write is recorded once it is known to have committed); bytes that are one version's
+  up to some offset and another's after it are named a mix of versions.
+
+And, at the end of a scenario run (scenarios/runner.py): every acknowledged write is visible
+in every mirror (`check_visible`), every mirror's metadata equals the source's
+(`check_metadata`), and no block was deleted before every mirror acknowledged the version
+that made it garbage (`check_gc`, over a record of deletions and acknowledgements).
 
 Times are `time.time()` on the host that runs the workload; the source and the readers are
 assumed to share its clock to NTP level (as the client assumes: fallback/consistency.py).
@@ -22,8 +28,10 @@ assumed to share its clock to NTP level (as the client assumes: fallback/consist
 from __future__ import annotations
 
 import bisect
+import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 SOURCE = "source"
 
@@ -156,9 +164,128 @@ def _bytes(history: History) -> list[str]:
         if i == 0:
             out.append(f"read of nothing: {r.session} read {r.path} at version {r.version}")
             continue
-        if writes[i - 1].data != r.data:
+        expected = writes[i - 1]
+        if _digest(expected.data) == _digest(r.data or b""):
+            continue
+        mix = _mix(r.data or b"", writes)
+        if mix is not None:
+            a, b, at = mix
+            out.append(
+                f"mixed versions: {r.session} read {r.path} at version {r.version}: bytes "
+                f"0..{at} are version {a.version}'s, the rest version {b.version}'s"
+            )
+        else:
             out.append(
                 f"wrong bytes: {r.session} read {r.path} at version {r.version}, expected "
-                f"{writes[i - 1].session}'s write of version {writes[i - 1].version}"
+                f"{expected.session}'s write of version {expected.version}"
             )
+    return out
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def _mix(data: bytes, writes: list[Write]) -> tuple[Write, Write, int] | None:
+    """(a, b, n) when `data` is the first n bytes of version a and the rest of version b."""
+    for a in writes:
+        n = _common_prefix(data, a.data)
+        if n == 0 or n == len(data):
+            continue
+        for b in writes:
+            if b is not a and len(b.data) == len(data) and b.data[n:] == data[n:]:
+                return a, b, n
+    return None
+
+
+def _common_prefix(x: bytes, y: bytes) -> int:
+    n = min(len(x), len(y))
+    lo, hi = 0, n  # the largest k with x[:k] == y[:k], by bisection on slices
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if x[:mid] == y[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+# -- end-of-run claims: every mirror caught up, equal to the source, blocks in place ------
+
+
+def check_visible(history: History, finals: dict[str, dict[str, bytes | None]]) -> list[str]:
+    """Every acknowledged write is eventually visible in every mirror: `finals[mirror][path]`
+    is what a read of `path` in `mirror` returned after the run (None: no such file); it must
+    be the last acknowledged write's bytes."""
+    last: dict[str, Write] = {}
+    for w in history.writes:
+        if w.path not in last or w.version > last[w.path].version:
+            last[w.path] = w
+    out: list[str] = []
+    for mirror, seen in sorted(finals.items()):
+        for path, w in sorted(last.items()):
+            got = seen.get(path)
+            if got is None or _digest(got) != _digest(w.data):
+                what = "no such file" if got is None else f"{len(got)} other bytes"
+                out.append(
+                    f"write not visible: {w.session}'s write of {path} (version {w.version}, "
+                    f"acknowledged at {w.returned:.3f}) never reached mirror {mirror}: {what}"
+                )
+    return out
+
+
+def check_metadata(source: dict[str, Any], mirrors: dict[str, dict[str, Any]]) -> list[str]:
+    """Every mirror's namespace dump (mirror/audit.py) equals the source's."""
+    out: list[str] = []
+    for mirror, dump in sorted(mirrors.items()):
+        missing = sorted(set(source) - set(dump))
+        extra = sorted(set(dump) - set(source))
+        differ = sorted(p for p in set(source) & set(dump) if source[p] != dump[p])
+        for path in missing[:5]:
+            out.append(f"metadata differs: mirror {mirror} lacks {path}")
+        for path in extra[:5]:
+            out.append(f"metadata differs: mirror {mirror} has {path}, the source does not")
+        for path in differ[:5]:
+            keys = sorted(k for k in source[path] if source[path].get(k) != dump[path].get(k))
+            out.append(f"metadata differs: mirror {mirror}'s {path} ({', '.join(keys)})")
+    return out
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """The source's GC deleted `key` at `at`; the block became garbage at `garbage_version`."""
+
+    key: str
+    garbage_version: int
+    at: float
+
+
+@dataclass(frozen=True)
+class Ack:
+    """At `at`, mirror `region` had acknowledged the source up to `version`."""
+
+    region: str
+    version: int
+    at: float
+
+
+def check_gc(deletions: list[Deletion], acks: list[Ack]) -> list[str]:
+    """No block was deleted while a reader could still need it: a block that became garbage
+    at version V may go only once every mirror acknowledged V (its replica no longer refers to
+    the block, so no reader resolves to it)."""
+    regions = sorted({a.region for a in acks})
+    by_region: dict[str, list[Ack]] = {
+        r: sorted((a for a in acks if a.region == r), key=lambda a: a.at) for r in regions
+    }
+    out: list[str] = []
+    for d in deletions:
+        for region in regions:
+            before = [a.version for a in by_region[region] if a.at <= d.at]
+            acked = max(before, default=0)
+            if acked < d.garbage_version:
+                out.append(
+                    f"block deleted before a mirror's ack: {d.key} (garbage at version "
+                    f"{d.garbage_version}) deleted at {d.at:.3f}, when mirror {region} had "
+                    f"acknowledged only version {acked}"
+                )
     return out
