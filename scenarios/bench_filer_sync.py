@@ -1,0 +1,469 @@
+"""Claim (DESIGN §9): side by side with SeaweedFS `filer.sync` on the same machine and workload,
+mirrorfs's small-file lag p99 and backlog copy throughput are at least equal.
+
+Two `weed server -s3` clusters, A (source side) and B (mirror side). filer.sync runs
+`-isActivePassive` from A's filer to B's, restricted to one bucket's directory. mirrorfs runs a
+source region (its blocks in a bucket on A) and mirror region "eu" (blocks in a bucket on B,
+embedded PostgreSQL), each started through the CLI. Every figure runs both systems on the same
+workload, round by round alternately (whoever goes first alternates too):
+
+- small-file lag: 4 KiB files written open-loop at 50 and 200 ops/s; per file, from the write's
+  acknowledgement (mirrorfs: the source client's `put`; filer.sync: the PUT to A's S3) until
+  each system's mirror-side read path shows it (mirrorfs: `stat` through the "eu" client,
+  served from the replica; filer.sync: HEAD on B's S3). One poller checks every pending file
+  each cycle, the same for both, so the resolution is the poll cycle (a few ms).
+- backlog copy MiB/s: replication stopped (mirrorfs: the region daemon; filer.sync: the
+  process), --backlog-files x 4 MiB written, replication started; MiB / seconds from the start
+  until everything is in B (mirrorfs: every block of the replica `copied`; filer.sync: HEAD of
+  every object, which filer.sync creates after copying its chunks).
+- outage: replication stopped, 500 small files written, started: seconds until all are visible.
+- CPU of the replicating process during the 50 ops/s rounds (mirrorfs: `mirror run` and, apart,
+  its embedded PostgreSQL; filer.sync: its one process).
+
+    python -m scenarios.bench_filer_sync [--seconds 10] [--rounds 2] [--backlog-files 32]
+        [--outage-files 500] [--nodes 3] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import logging
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import psutil
+import structlog
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import ClientError
+
+from cli.connect import open_client
+from fallback import FsClient
+from mirror import open_database
+from mirror.embedded import postmaster_pid
+from scenarios.bench_load import Load, LoadMeter
+from scenarios.bench_topology import FilerSync, MirrorfsRegions, WeedCluster
+from volume.errors import FsError
+
+MIB = 1024 * 1024
+SMALL = 4096
+BIG = 4 * MIB
+SYNC_BUCKET = "filersync"
+POLL_S = 0.002
+REGION = "eu"
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(p / 100 * len(s)))] if s else float("nan")
+
+
+class Side(Protocol):
+    name: str
+
+    async def write(self, path: str, data: bytes) -> int: ...
+    async def visible(self, path: str) -> bool: ...
+    async def all_copied(self, paths: list[str], last_version: int) -> bool: ...
+    def stop_replicator(self) -> None: ...
+    async def start_replicator(self) -> None: ...
+    def replicator_pids(self) -> dict[str, int]: ...
+
+
+class MirrorfsSide:
+    name = "mirrorfs"
+
+    def __init__(self, regions: MirrorfsRegions, source: FsClient, reader: FsClient, db: Any):
+        self.regions, self.source, self.reader, self.db = regions, source, reader, db
+
+    async def write(self, path: str, data: bytes) -> int:
+        return (await self.source.put(io.BytesIO(data), path)).version  # type: ignore[arg-type]
+
+    async def visible(self, path: str) -> bool:
+        try:
+            await self.reader.stat(path)
+            return True
+        except FsError:
+            return False
+
+    async def all_copied(self, paths: list[str], last_version: int) -> bool:
+        async with self.db.acquire() as conn:
+            applied = await conn.fetchval("SELECT applied_version FROM watermark")
+            if applied < last_version:
+                return False
+            left = await conn.fetchval("SELECT count(*) FROM blocks WHERE state <> 'copied'")
+        return bool(left == 0)
+
+    def stop_replicator(self) -> None:
+        self.regions.stop_daemon()
+
+    async def start_replicator(self) -> None:
+        self.regions.start_daemon()
+
+    def replicator_pids(self) -> dict[str, int]:
+        pids = {} if self.regions.daemon is None else {"mirror run": self.regions.daemon.pid}
+        pg = postmaster_pid(self.regions.pg_dir)
+        if pg is not None:
+            pids["its PostgreSQL"] = pg
+        return pids
+
+
+class FilerSyncSide:
+    name = "filer.sync"
+
+    def __init__(self, sync: FilerSync, a: Any, b: Any) -> None:
+        self.sync, self.a, self.b = sync, a, b
+
+    async def write(self, path: str, data: bytes) -> int:
+        await self.a.put_object(Bucket=SYNC_BUCKET, Key=path.lstrip("/"), Body=data)
+        return 0
+
+    async def visible(self, path: str) -> bool:
+        try:
+            await self.b.head_object(Bucket=SYNC_BUCKET, Key=path.lstrip("/"))
+            return True
+        except ClientError:
+            return False
+
+    async def all_copied(self, paths: list[str], last_version: int) -> bool:
+        return await self.visible(paths[-1]) and all(
+            await asyncio.gather(*(self.visible(p) for p in paths))
+        )
+
+    def stop_replicator(self) -> None:
+        self.sync.stop()
+
+    async def start_replicator(self) -> None:
+        self.sync.start()
+
+    def replicator_pids(self) -> dict[str, int]:
+        return {"filer.sync": self.sync.pid}
+
+
+@dataclass
+class Figures:
+    """name -> side -> values per round; name -> side -> load per round."""
+
+    values: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    loads: dict[str, list[Load]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, name: str, side: str, value: float) -> None:
+        self.values.setdefault(name, {}).setdefault(side, []).append(value)
+
+
+async def wait_visible(
+    side: Side, pending: dict[str, float], out: list[float], done: asyncio.Event, limit_s: float
+) -> int:
+    """Moves each pending path (acked at the perf_counter value) to `out` (ms) once visible;
+    returns how many were still not visible `limit_s` after `done`."""
+    sem = asyncio.Semaphore(32)
+
+    async def check(path: str) -> None:
+        async with sem:
+            if await side.visible(path):
+                out.append((time.perf_counter() - pending.pop(path)) * 1000)
+
+    deadline: float | None = None
+    while True:
+        if done.is_set():
+            if not pending:
+                return 0
+            deadline = deadline or time.monotonic() + limit_s
+            if time.monotonic() > deadline:
+                return len(pending)
+        if pending:
+            await asyncio.gather(*(check(p) for p in list(pending)))
+        await asyncio.sleep(POLL_S)
+
+
+async def lag_round(side: Side, rate: float, seconds: float, tag: str) -> tuple[list[float], int]:
+    pending: dict[str, float] = {}
+    lags: list[float] = []
+    done = asyncio.Event()
+    data = os.urandom(SMALL)
+    poller = asyncio.create_task(wait_visible(side, pending, lags, done, 60.0))
+    inflight: set[asyncio.Task[None]] = set()
+
+    async def one(i: int) -> None:
+        path = f"/lag/{tag}/{i}"
+        await side.write(path, data[:-8] + i.to_bytes(8, "little"))
+        pending[path] = time.perf_counter()
+
+    start = time.perf_counter()
+    i = 0
+    while time.perf_counter() - start < seconds:
+        task = asyncio.create_task(one(i))
+        inflight.add(task)
+        task.add_done_callback(inflight.discard)
+        i += 1
+        await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+    await asyncio.gather(*inflight)
+    achieved = i / (time.perf_counter() - start)
+    done.set()
+    missing = await poller
+    return lags, missing if achieved > 0 else 0
+
+
+async def write_many(side: Side, paths: list[str], size: int, concurrency: int) -> int:
+    sem = asyncio.Semaphore(concurrency)
+    seed = os.urandom(size)
+    versions: list[int] = []
+
+    async def one(i: int, path: str) -> None:
+        async with sem:
+            versions.append(await side.write(path, i.to_bytes(8, "little") + seed[8:]))
+
+    await asyncio.gather(*(one(i, p) for i, p in enumerate(paths)))
+    return max(versions)
+
+
+async def backlog_round(side: Side, files: int, tag: str) -> float:
+    """MiB/s from the replicator's restart until `files` x 4 MiB written meanwhile are in B."""
+    side.stop_replicator()
+    paths = [f"/backlog/{tag}/{i}" for i in range(files)]
+    last = await write_many(side, paths, BIG, 8)
+    start = time.perf_counter()
+    await side.start_replicator()
+    deadline = time.monotonic() + 600
+    while not await side.all_copied(paths, last):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{side.name}: backlog {tag} not copied in 600 s")
+        await asyncio.sleep(0.05)
+    return files * BIG / MIB / (time.perf_counter() - start)
+
+
+async def outage_round(side: Side, files: int, tag: str) -> float:
+    """Seconds from the replicator's restart until `files` small files written during its
+    outage are all visible through the mirror-side read path."""
+    side.stop_replicator()
+    paths = [f"/outage/{tag}/{i}" for i in range(files)]
+    await write_many(side, paths, SMALL, 16)
+    start = time.perf_counter()
+    await side.start_replicator()
+    pending = dict.fromkeys(paths, start)
+    seen: list[float] = []
+    done = asyncio.Event()
+    done.set()
+    missing = await wait_visible(side, pending, seen, done, 600.0)
+    if missing:
+        raise TimeoutError(f"{side.name}: {missing} outage files not visible in 600 s")
+    return max(seen) / 1000
+
+
+async def wait_side_up(side: Side, tag: str) -> None:
+    """One write seen through the mirror-side path: the replicator is up and following."""
+    path = f"/warm/{tag}"
+    await side.write(path, b"warm")
+    deadline = time.monotonic() + 120
+    while not await side.visible(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{side.name}: not replicating 120 s after start ({tag})")
+        await asyncio.sleep(0.05)
+
+
+async def run_rounds(
+    sides: list[Side],
+    rounds: int,
+    figure: str,
+    measure: Callable[[Side, str], Awaitable[float]],
+    figs: Figures,
+    pids: Callable[[], dict[str, int]],
+) -> None:
+    for r in range(rounds):
+        order = sides if r % 2 == 0 else sides[::-1]
+        for side in order:
+            with LoadMeter(pids) as meter:
+                value = await measure(side, f"{figure}-{side.name}-{r}")
+            figs.add(figure, side.name, value)
+            figs.loads.setdefault(figure, []).append(meter.load)
+            await wait_side_up(side, f"{figure}-{side.name}-{r}")
+
+
+async def bench(args: argparse.Namespace, tmp: Path, figs: Figures) -> None:
+    a = WeedCluster(tmp / "a")
+    b = WeedCluster(tmp / "b")
+    sync = FilerSync(a, b, tmp, SYNC_BUCKET)
+    regions: MirrorfsRegions | None = None
+    try:
+        a.start()
+        b.start()
+        for c in (a, b):
+            c.create_bucket(SYNC_BUCKET)
+        a.create_bucket("mfs-source")
+        b.create_bucket("mfs-mirror")
+        sync.start()
+        regions = MirrorfsRegions(
+            tmp / "mfs",
+            f"s3://mfs-source?endpoint={a.endpoint}",
+            f"s3://mfs-mirror?endpoint={b.endpoint}",
+            nodes=args.nodes,
+            name=REGION,
+        )
+        await regions.start_source()
+        await regions.create_mirror()
+        regions.start_daemon()
+        async with sides_open(regions, a, b, sync) as sides:
+            for side in sides:
+                await wait_side_up(side, f"first-{side.name}")
+
+            def pids() -> dict[str, int]:
+                out = {"weed A": a.proc.pid, "weed B": b.proc.pid}  # type: ignore[union-attr]
+                for i, p in (regions.nodes if regions else {}).items():
+                    out[f"source node {i}"] = p.pid
+                for side in sides:
+                    out.update(side.replicator_pids())
+                out["this benchmark"] = os.getpid()
+                return out
+
+            for rate in (50, 200):
+
+                def lag(side: Side, tag: str, rate: float = rate) -> Awaitable[float]:
+                    return lag_figure(side, rate, args.seconds, tag, figs)
+
+                await run_rounds(sides, args.rounds, f"lag{rate}", lag, figs, pids)
+            await run_rounds(
+                sides,
+                args.rounds,
+                "backlog",
+                lambda s, t: backlog_round(s, args.backlog_files, t),
+                figs,
+                pids,
+            )
+            await run_rounds(
+                sides,
+                args.rounds,
+                "outage",
+                lambda s, t: outage_round(s, args.outage_files, t),
+                figs,
+                pids,
+            )
+    finally:
+        sync.stop()
+        if regions is not None:
+            regions.stop()
+        a.stop()
+        b.stop()
+
+
+async def lag_figure(side: Side, rate: float, seconds: float, tag: str, figs: Figures) -> float:
+    """One lag round: records p50/p99 and (at 50 ops/s) the replicator's CPU; returns p99."""
+    pids = side.replicator_pids()
+    before = {k: tree_cpu(v) for k, v in pids.items()}
+    t0 = time.perf_counter()
+    lags, missing = await lag_round(side, rate, seconds, tag)
+    wall = time.perf_counter() - t0
+    if rate == 50:
+        for k, v in pids.items():
+            figs.add(f"cpu50 {k}", side.name, 100 * (tree_cpu(v) - before[k]) / wall)
+    figs.add(f"lag{rate} p50", side.name, pct(lags, 50))
+    if missing:
+        figs.notes.append(f"{side.name} {tag}: {missing} files never visible (60 s)")
+    return pct(lags, 99)
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its live children (PostgreSQL's backends, say)."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for p in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+@contextlib.asynccontextmanager
+async def sides_open(
+    regions: MirrorfsRegions, a: WeedCluster, b: WeedCluster, sync: FilerSync
+) -> AsyncIterator[list[Side]]:
+    cfg = regions.cfg
+    session = get_session()
+    config = AioConfig(retries={"total_max_attempts": 1}, max_pool_connections=64)
+    kw: dict[str, Any] = {
+        "region_name": "us-east-1",
+        "aws_access_key_id": "mirrorfs",
+        "aws_secret_access_key": "mirrorfs-secret",
+        "config": config,
+    }
+    source = await FsClient.for_source(cfg, uid=0, gid=0)
+    # A window far beyond the run: the read is served by the replica, never sent to the source.
+    reader = await open_client(cfg, REGION, uid=0, gid=0, window_s=3600, policy="serve")
+    async with (
+        source,
+        reader,
+        open_database(cfg.mirror_region(REGION), who="bench") as db,
+        session.create_client("s3", endpoint_url=a.endpoint, **kw) as s3a,
+        session.create_client("s3", endpoint_url=b.endpoint, **kw) as s3b,
+    ):
+        yield [MirrorfsSide(regions, source, reader, db), FilerSyncSide(sync, s3a, s3b)]
+
+
+def summary(figs: Figures) -> list[tuple[str, str, float, float, str]]:
+    """(figure, unit, mirrorfs median, filer.sync median, better) rows."""
+    units = {
+        "lag50": ("lag p99 at 50 ops/s", "ms", "lower"),
+        "lag50 p50": ("lag p50 at 50 ops/s", "ms", "lower"),
+        "lag200": ("lag p99 at 200 ops/s", "ms", "lower"),
+        "lag200 p50": ("lag p50 at 200 ops/s", "ms", "lower"),
+        "backlog": ("backlog copy", "MiB/s", "higher"),
+        "outage": ("outage catch-up", "s", "lower"),
+    }
+    rows = []
+    for key, per in figs.values.items():
+        title, unit, better = units.get(
+            key, (key.replace("cpu50", "CPU at 50 ops/s,"), "%", "lower")
+        )
+        m = statistics.median(per["mirrorfs"]) if "mirrorfs" in per else float("nan")
+        f = statistics.median(per["filer.sync"]) if "filer.sync" in per else float("nan")
+        rows.append((title, unit, m, f, better))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--backlog-files", type=int, default=32)
+    parser.add_argument("--outage-files", type=int, default=500)
+    parser.add_argument("--nodes", type=int, default=3)
+    args = parser.parse_args()
+    figs = run(args)
+    for title, unit, m, f, _ in summary(figs):
+        print(
+            f"{title:40s} mirrorfs {m:9.1f} {unit:5s} filer.sync {f:9.1f} {unit:5s}"
+            f" ratio {m / f:.2f}"
+        )
+    for note in figs.notes:
+        print("note:", note)
+
+
+def run(args: argparse.Namespace) -> Figures:
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "mirrorfs")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "mirrorfs-secret")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+    figs = Figures()
+    tmp = Path(tempfile.mkdtemp(prefix="mfs-fs-", dir="/tmp"))
+    try:
+        asyncio.run(bench(args, tmp, figs))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return figs
+
+
+if __name__ == "__main__":
+    main()
