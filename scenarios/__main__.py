@@ -10,6 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from cli.logs import LogFormat, LogLevel, setup_logging
 from scenarios.model import Scenario, ScenarioError, load, resolve, standard
 from scenarios.report import write_report
 from scenarios.runner import MUTATIONS, Result, Run
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--scale", type=float, default=1.0, help="multiply every duration")
     run.add_argument("--mutation", choices=MUTATIONS, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    setup_logging(LogLevel.WARNING, LogFormat.AUTO)
     try:
         if args.cmd == "list":
             for name, path in standard().items():
