@@ -56,7 +56,7 @@ class Readers(_Strict):
     mirror: str
     count: int = Field(default=1, ge=0)
     window_s: float = Field(default=1.0, ge=0)
-    policy: str = Field(default="source", pattern="^(source|error|serve|wait)$")
+    policy: str = Field(default="source", pattern="^(source|error|serve)$")
     large_file: bool = False  # read the large file (the model-load storm) instead of the others
 
 

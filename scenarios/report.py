@@ -42,7 +42,8 @@ def _series_plot(result: Result, out: Path, attr: str, ylabel: str, name: str) -
             ax.axvline(t, color="grey", lw=0.5, ls=":")
     ax.set_xlabel("s since the workload started")
     ax.set_ylabel(ylabel)
-    ax.legend(loc="upper right")
+    if by:
+        ax.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(out / name)
     plt.close(fig)
@@ -120,9 +121,12 @@ def write_report(result: Result, out: Path) -> Path:
     if result.egress:
         lines.append(f"- source bucket egress to readers: {result.egress[-1][1] / 2**20:.2f} MiB")
     for key, value in sorted(result.figures.items()):
-        lines.append(f"- {key}: {value}")
+        if key != "traceback":
+            lines.append(f"- {key}: {value}")
     lines += ["", "## Violations", ""]
     lines += [f"- {v}" for v in result.violations] or ["none"]
+    if "traceback" in result.figures:
+        lines += ["", "```", result.figures["traceback"], "```"]
     lines += ["", "## Timeline", ""]
     lines += [f"- {t:7.2f} s  {text}" for t, text in result.events]
     lines += [""] + [f"![{p}]({p})" for p in plots] + [""]

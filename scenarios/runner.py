@@ -21,7 +21,9 @@ import contextlib
 import hashlib
 import math
 import random
+import shutil
 import time
+import traceback
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,12 +143,17 @@ class Run:
             self.result.violations.append(
                 f"time limit: the run did not finish within {self.sc.time_limit_s:.0f} s"
             )
+        except Exception as exc:  # noqa: BLE001 - a run that breaks fails, with its reason
+            self.result.violations.append(f"run failed: {type(exc).__name__}: {exc}")
+            self.result.figures["traceback"] = "".join(traceback.format_exception(exc))[-3000:]
         self.result.violations.extend(self._leaks())
         return self.result
 
     async def _run(self) -> None:
         sc = self.sc
-        self.work.mkdir(parents=True, exist_ok=True)
+        if self.work.exists():  # an earlier run's: its volume and regions would clash
+            shutil.rmtree(self.work)
+        self.work.mkdir(parents=True)
         pg = PostgresServer.start(short_data_dir())
         try:
             if pg.pid:
