@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cli import dashboard, demo, files, mirror, scenario, source, tokens
+from cli import bench, dashboard, demo, files, mirror, scenario, source, tokens
 from cli.logs import LogFormat, LogLevel, setup_logging
 
 app = typer.Typer(
@@ -49,6 +49,7 @@ mirror.register(app)
 demo.register(app)
 tokens.register(app)
 dashboard.register(app)
+bench.register(app)
 scenario.register(app)
 
 

@@ -21,7 +21,7 @@ workload, round by round alternately (whoever goes first alternates too):
   its embedded PostgreSQL; filer.sync: its one process).
 
     python -m scenarios.bench_filer_sync [--seconds 10] [--rounds 2] [--backlog-files 32]
-        [--outage-files 500] [--nodes 3] [--quick]
+        [--outage-files 500] [--nodes 3]
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ class Side(Protocol):
     async def write(self, path: str, data: bytes) -> int: ...
     async def visible(self, path: str) -> bool: ...
     async def all_copied(self, paths: list[str], last_version: int) -> bool: ...
+    async def watermark(self) -> int | None: ...
     def stop_replicator(self) -> None: ...
     async def start_replicator(self) -> None: ...
     def replicator_pids(self) -> dict[str, int]: ...
@@ -95,6 +96,10 @@ class MirrorfsSide:
             return True
         except FsError:
             return False
+
+    async def watermark(self) -> int | None:
+        async with self.db.acquire() as conn:
+            return int(await conn.fetchval("SELECT applied_version FROM watermark"))
 
     async def all_copied(self, paths: list[str], last_version: int) -> bool:
         async with self.db.acquire() as conn:
@@ -139,6 +144,9 @@ class FilerSyncSide:
         return await self.visible(paths[-1]) and all(
             await asyncio.gather(*(self.visible(p) for p in paths))
         )
+
+    async def watermark(self) -> int | None:
+        return None  # no such thing to read: HEAD is its only view
 
     def stop_replicator(self) -> None:
         self.sync.stop()
@@ -187,18 +195,45 @@ async def wait_visible(
         await asyncio.sleep(POLL_S)
 
 
-async def lag_round(side: Side, rate: float, seconds: float, tag: str) -> tuple[list[float], int]:
+@dataclass
+class LagRound:
+    lags_ms: list[float] = field(default_factory=list)  # ack -> visible, per file
+    ack_ms: list[float] = field(default_factory=list)  # the write itself, per file
+    watermark_ms: list[float] = field(default_factory=list)  # ack -> replica covers it
+    missing: int = 0
+
+
+async def lag_round(side: Side, rate: float, seconds: float, tag: str) -> LagRound:
+    out = LagRound()
     pending: dict[str, float] = {}
-    lags: list[float] = []
+    acked: dict[int, float] = {}  # version -> ack time (mirrorfs only)
     done = asyncio.Event()
     data = os.urandom(SMALL)
-    poller = asyncio.create_task(wait_visible(side, pending, lags, done, 60.0))
+    poller = asyncio.create_task(wait_visible(side, pending, out.lags_ms, done, 60.0))
     inflight: set[asyncio.Task[None]] = set()
+
+    async def watch_watermark() -> None:
+        """Diagnostic beside the read path: when the replica's watermark covers each write."""
+        while not done.is_set() or acked:
+            applied = await side.watermark()
+            if applied is None:
+                return
+            now = time.perf_counter()
+            for v in [v for v in acked if v <= applied]:
+                out.watermark_ms.append((now - acked.pop(v)) * 1000)
+            await asyncio.sleep(POLL_S)
+
+    watcher = asyncio.create_task(watch_watermark())
 
     async def one(i: int) -> None:
         path = f"/lag/{tag}/{i}"
-        await side.write(path, data[:-8] + i.to_bytes(8, "little"))
-        pending[path] = time.perf_counter()
+        t = time.perf_counter()
+        version = await side.write(path, data[:-8] + i.to_bytes(8, "little"))
+        now = time.perf_counter()
+        out.ack_ms.append((now - t) * 1000)
+        pending[path] = now
+        if version:
+            acked[version] = now
 
     start = time.perf_counter()
     i = 0
@@ -209,10 +244,10 @@ async def lag_round(side: Side, rate: float, seconds: float, tag: str) -> tuple[
         i += 1
         await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
     await asyncio.gather(*inflight)
-    achieved = i / (time.perf_counter() - start)
     done.set()
-    missing = await poller
-    return lags, missing if achieved > 0 else 0
+    out.missing = await poller
+    await asyncio.wait_for(watcher, 60)
+    return out
 
 
 async def write_many(side: Side, paths: list[str], size: int, concurrency: int) -> int:
@@ -361,15 +396,19 @@ async def lag_figure(side: Side, rate: float, seconds: float, tag: str, figs: Fi
     pids = side.replicator_pids()
     before = {k: tree_cpu(v) for k, v in pids.items()}
     t0 = time.perf_counter()
-    lags, missing = await lag_round(side, rate, seconds, tag)
+    r = await lag_round(side, rate, seconds, tag)
     wall = time.perf_counter() - t0
     if rate == 50:
         for k, v in pids.items():
             figs.add(f"cpu50 {k}", side.name, 100 * (tree_cpu(v) - before[k]) / wall)
-    figs.add(f"lag{rate} p50", side.name, pct(lags, 50))
-    if missing:
-        figs.notes.append(f"{side.name} {tag}: {missing} files never visible (60 s)")
-    return pct(lags, 99)
+    figs.add(f"lag{rate} p50", side.name, pct(r.lags_ms, 50))
+    figs.add(f"ack{rate} p50", side.name, pct(r.ack_ms, 50))
+    if r.watermark_ms:
+        figs.add(f"watermark{rate} p50", side.name, pct(r.watermark_ms, 50))
+        figs.add(f"watermark{rate} p99", side.name, pct(r.watermark_ms, 99))
+    if r.missing:
+        figs.notes.append(f"{side.name} {tag}: {r.missing} files never visible (60 s)")
+    return pct(r.lags_ms, 99)
 
 
 def tree_cpu(pid: int) -> float:
@@ -409,41 +448,59 @@ async def sides_open(
         yield [MirrorfsSide(regions, source, reader, db), FilerSyncSide(sync, s3a, s3b)]
 
 
-def summary(figs: Figures) -> list[tuple[str, str, float, float, str]]:
-    """(figure, unit, mirrorfs median, filer.sync median, better) rows."""
-    units = {
-        "lag50": ("lag p99 at 50 ops/s", "ms", "lower"),
-        "lag50 p50": ("lag p50 at 50 ops/s", "ms", "lower"),
-        "lag200": ("lag p99 at 200 ops/s", "ms", "lower"),
-        "lag200 p50": ("lag p50 at 200 ops/s", "ms", "lower"),
-        "backlog": ("backlog copy", "MiB/s", "higher"),
-        "outage": ("outage catch-up", "s", "lower"),
-    }
+# key -> (title, unit, target on mirrorfs / filer.sync from DESIGN §9, "" where it sets none)
+TITLES = {
+    "lag50": ("small-file lag p99 at 50 ops/s", "ms", "<= 1"),
+    "lag50 p50": ("small-file lag p50 at 50 ops/s", "ms", ""),
+    "lag200": ("small-file lag p99 at 200 ops/s", "ms", "<= 1"),
+    "lag200 p50": ("small-file lag p50 at 200 ops/s", "ms", ""),
+    "backlog": ("backlog copy (4 MiB files)", "MiB/s", ">= 1"),
+    "outage": ("outage: last of the writes visible after restart", "s", ""),
+    "ack50 p50": ("diagnostic: write ack p50 at 50 ops/s", "ms", ""),
+    "ack200 p50": ("diagnostic: write ack p50 at 200 ops/s", "ms", ""),
+    "watermark50 p50": ("diagnostic: replica watermark lag p50 at 50 ops/s", "ms", ""),
+    "watermark50 p99": ("diagnostic: replica watermark lag p99 at 50 ops/s", "ms", ""),
+    "watermark200 p50": ("diagnostic: replica watermark lag p50 at 200 ops/s", "ms", ""),
+    "watermark200 p99": ("diagnostic: replica watermark lag p99 at 200 ops/s", "ms", ""),
+}
+
+
+def summary(figs: Figures) -> list[tuple[str, str, str, float, float, str]]:
+    """(key, title, unit, mirrorfs median, filer.sync median, target) rows; NaN where a system
+    has no such figure (filer.sync has no replica watermark; the CPU rows are per process)."""
     rows = []
     for key, per in figs.values.items():
-        title, unit, better = units.get(
-            key, (key.replace("cpu50", "CPU at 50 ops/s,"), "%", "lower")
-        )
+        cpu = (key.replace("cpu50 ", "CPU at 50 ops/s: "), "% of a core", "")
+        title, unit, target = TITLES.get(key, cpu)
         m = statistics.median(per["mirrorfs"]) if "mirrorfs" in per else float("nan")
         f = statistics.median(per["filer.sync"]) if "filer.sync" in per else float("nan")
-        rows.append((title, unit, m, f, better))
+        rows.append((key, title, unit, m, f, target))
     return rows
 
 
+def load_key(key: str) -> str:
+    """The figure whose rounds' load a summary row shares ("cpu50 mirror run" -> "lag50")."""
+    head = key.split(" ")[0]
+    for prefix in ("cpu", "ack", "watermark"):
+        if head.startswith(prefix):
+            return "lag" + head.removeprefix(prefix)
+    return head
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=10, help="length of a lag round")
+    p.add_argument("--rounds", type=int, default=2, help="rounds per system per figure")
+    p.add_argument("--backlog-files", type=int, default=32, help="4 MiB files in the backlog")
+    p.add_argument("--outage-files", type=int, default=500)
+    p.add_argument("--nodes", type=int, default=3, help="mirrorfs source nodes")
+    return p
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--backlog-files", type=int, default=32)
-    parser.add_argument("--outage-files", type=int, default=500)
-    parser.add_argument("--nodes", type=int, default=3)
-    args = parser.parse_args()
-    figs = run(args)
-    for title, unit, m, f, _ in summary(figs):
-        print(
-            f"{title:40s} mirrorfs {m:9.1f} {unit:5s} filer.sync {f:9.1f} {unit:5s}"
-            f" ratio {m / f:.2f}"
-        )
+    figs = run(parser().parse_args())
+    for _, title, unit, m, f, _ in summary(figs):
+        print(f"{title:52s} mirrorfs {m:9.1f}  filer.sync {f:9.1f} {unit}  ratio {m / f:.2f}")
     for note in figs.notes:
         print("note:", note)
 
