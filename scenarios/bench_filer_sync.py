@@ -49,6 +49,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 
 from cli.connect import open_client
+from cli.mirror import fetch_status
 from fallback import FsClient
 from mirror import open_database
 from mirror.embedded import postmaster_pid
@@ -76,6 +77,7 @@ class Side(Protocol):
     async def visible(self, path: str) -> bool: ...
     async def all_copied(self, paths: list[str], last_version: int) -> bool: ...
     async def watermark(self) -> int | None: ...
+    async def ready(self) -> bool: ...
     def stop_replicator(self) -> None: ...
     async def start_replicator(self) -> None: ...
     def replicator_pids(self) -> dict[str, int]: ...
@@ -95,6 +97,14 @@ class MirrorfsSide:
             await self.reader.stat(path)
             return True
         except FsError:
+            return False
+
+    async def ready(self) -> bool:
+        """The restarted daemon answers its status API (it has started its services)."""
+        try:
+            await fetch_status(self.regions.cfg.mirror(REGION).api, self.regions.cfg.token)
+            return True
+        except Exception:  # noqa: BLE001 - not up yet, whatever the reason
             return False
 
     async def watermark(self) -> int | None:
@@ -148,6 +158,9 @@ class FilerSyncSide:
     async def watermark(self) -> int | None:
         return None  # no such thing to read: HEAD is its only view
 
+    async def ready(self) -> bool:
+        return True  # a Go binary: up as soon as it runs
+
     def stop_replicator(self) -> None:
         self.sync.stop()
 
@@ -171,10 +184,16 @@ class Figures:
 
 
 async def wait_visible(
-    side: Side, pending: dict[str, float], out: list[float], done: asyncio.Event, limit_s: float
+    side: Side,
+    pending: dict[str, float],
+    out: list[float],
+    done: asyncio.Event,
+    limit_s: float,
+    cycles: list[float] | None = None,
 ) -> int:
     """Moves each pending path (acked at the perf_counter value) to `out` (ms) once visible;
-    returns how many were still not visible `limit_s` after `done`."""
+    returns how many were still not visible `limit_s` after `done`. `cycles` gets the time of
+    each pass over the pending paths (ms): the resolution of the figures."""
     sem = asyncio.Semaphore(32)
 
     async def check(path: str) -> None:
@@ -191,7 +210,10 @@ async def wait_visible(
             if time.monotonic() > deadline:
                 return len(pending)
         if pending:
+            t = time.perf_counter()
             await asyncio.gather(*(check(p) for p in list(pending)))
+            if cycles is not None:
+                cycles.append((time.perf_counter() - t) * 1000)
         await asyncio.sleep(POLL_S)
 
 
@@ -200,6 +222,7 @@ class LagRound:
     lags_ms: list[float] = field(default_factory=list)  # ack -> visible, per file
     ack_ms: list[float] = field(default_factory=list)  # the write itself, per file
     watermark_ms: list[float] = field(default_factory=list)  # ack -> replica covers it
+    poll_ms: list[float] = field(default_factory=list)  # one pass of the visibility poller
     missing: int = 0
 
 
@@ -209,7 +232,7 @@ async def lag_round(side: Side, rate: float, seconds: float, tag: str) -> LagRou
     acked: dict[int, float] = {}  # version -> ack time (mirrorfs only)
     done = asyncio.Event()
     data = os.urandom(SMALL)
-    poller = asyncio.create_task(wait_visible(side, pending, out.lags_ms, done, 60.0))
+    poller = asyncio.create_task(wait_visible(side, pending, out.lags_ms, done, 60.0, out.poll_ms))
     inflight: set[asyncio.Task[None]] = set()
 
     async def watch_watermark() -> None:
@@ -263,19 +286,30 @@ async def write_many(side: Side, paths: list[str], size: int, concurrency: int) 
     return max(versions)
 
 
-async def backlog_round(side: Side, files: int, tag: str) -> float:
+async def backlog_round(side: Side, files: int, tag: str, figs: Figures | None = None) -> float:
     """MiB/s from the replicator's restart until `files` x 4 MiB written meanwhile are in B."""
     side.stop_replicator()
     paths = [f"/backlog/{tag}/{i}" for i in range(files)]
     last = await write_many(side, paths, BIG, 8)
     start = time.perf_counter()
     await side.start_replicator()
+    startup = asyncio.create_task(time_until(side.ready, start))
     deadline = time.monotonic() + 600
     while not await side.all_copied(paths, last):
         if time.monotonic() > deadline:
             raise TimeoutError(f"{side.name}: backlog {tag} not copied in 600 s")
         await asyncio.sleep(0.05)
-    return files * BIG / MIB / (time.perf_counter() - start)
+    secs = time.perf_counter() - start
+    if figs is not None:
+        figs.add("startup", side.name, await startup)
+    return files * BIG / MIB / secs
+
+
+async def time_until(probe: Callable[[], Awaitable[bool]], start: float) -> float:
+    """Seconds from `start` until `probe()` says yes."""
+    while not await probe():
+        await asyncio.sleep(0.02)
+    return time.perf_counter() - start
 
 
 async def outage_round(side: Side, files: int, tag: str) -> float:
@@ -371,7 +405,7 @@ async def bench(args: argparse.Namespace, tmp: Path, figs: Figures) -> None:
                 sides,
                 args.rounds,
                 "backlog",
-                lambda s, t: backlog_round(s, args.backlog_files, t),
+                lambda s, t: backlog_round(s, args.backlog_files, t, figs),
                 figs,
                 pids,
             )
@@ -403,6 +437,7 @@ async def lag_figure(side: Side, rate: float, seconds: float, tag: str, figs: Fi
             figs.add(f"cpu50 {k}", side.name, 100 * (tree_cpu(v) - before[k]) / wall)
     figs.add(f"lag{rate} p50", side.name, pct(r.lags_ms, 50))
     figs.add(f"ack{rate} p50", side.name, pct(r.ack_ms, 50))
+    figs.add(f"poll{rate} p50", side.name, pct(r.poll_ms, 50))
     if r.watermark_ms:
         figs.add(f"watermark{rate} p50", side.name, pct(r.watermark_ms, 50))
         figs.add(f"watermark{rate} p99", side.name, pct(r.watermark_ms, 99))
@@ -456,8 +491,11 @@ TITLES = {
     "lag200 p50": ("small-file lag p50 at 200 ops/s", "ms", ""),
     "backlog": ("backlog copy (4 MiB files)", "MiB/s", ">= 1"),
     "outage": ("outage: last of the writes visible after restart", "s", ""),
+    "startup": ("diagnostic: replicator start -> serving (in the backlog)", "s", ""),
     "ack50 p50": ("diagnostic: write ack p50 at 50 ops/s", "ms", ""),
     "ack200 p50": ("diagnostic: write ack p50 at 200 ops/s", "ms", ""),
+    "poll50 p50": ("diagnostic: one visibility poll pass p50 at 50 ops/s", "ms", ""),
+    "poll200 p50": ("diagnostic: one visibility poll pass p50 at 200 ops/s", "ms", ""),
     "watermark50 p50": ("diagnostic: replica watermark lag p50 at 50 ops/s", "ms", ""),
     "watermark50 p99": ("diagnostic: replica watermark lag p99 at 50 ops/s", "ms", ""),
     "watermark200 p50": ("diagnostic: replica watermark lag p50 at 200 ops/s", "ms", ""),
@@ -481,10 +519,10 @@ def summary(figs: Figures) -> list[tuple[str, str, str, float, float, str]]:
 def load_key(key: str) -> str:
     """The figure whose rounds' load a summary row shares ("cpu50 mirror run" -> "lag50")."""
     head = key.split(" ")[0]
-    for prefix in ("cpu", "ack", "watermark"):
+    for prefix in ("cpu", "ack", "poll", "watermark"):
         if head.startswith(prefix):
             return "lag" + head.removeprefix(prefix)
-    return head
+    return "backlog" if head == "startup" else head
 
 
 def parser() -> argparse.ArgumentParser:
