@@ -88,6 +88,24 @@ class FileHandle:
         self._pos = pos + (stop - start)
         return self._buf[start:stop]
 
+    def peek_buffered(self) -> bytes | None:
+        """The bytes in memory from the position on (not consumed), else None (no I/O)."""
+        self._check_open()
+        start = self._pos - self._buf_off
+        return self._buf[start:] if 0 <= start < len(self._buf) else None
+
+    async def peek(self) -> bytes:
+        """At least one byte from the position on, not consumed (b"" at the end): what a
+        line reader scans for its newline without a trip per byte."""
+        self._check_open()
+        if self._pos >= self.size:
+            return b""
+        got = self.peek_buffered()
+        while got is None:
+            await self._fill(self.size - self._pos)
+            got = self.peek_buffered()
+        return got
+
     async def read(self, n: int = -1) -> bytes:
         """Up to `n` bytes from the position (all to the end if n < 0); b"" at the end.
         Raises the block read's errors (ChecksumError, NotFoundError...) unchanged."""

@@ -277,6 +277,15 @@ class SyncReader(io.BufferedIOBase):
 
     read1 = read
 
+    def peek(self, size: int = 0) -> bytes:
+        """Bytes from the position on, not consumed (what readline scans for b"\\n")."""
+        with self._lock:
+            self._check_open()
+            got = self.handle.peek_buffered()
+            if got is None:
+                got = self._run(self.handle.peek())
+            return got
+
     def readinto(self, b: Any) -> int:
         view = memoryview(b).cast("B")
         data = self.read(len(view))

@@ -298,6 +298,21 @@ def test_sync_reader_is_a_file_for_zipfile_pickle_and_safetensors(sync: SyncClie
         assert np.array_equal(st_load(f.read())["a"], tensors["a"])
 
 
+def test_sync_reader_lines_across_blocks(sync: SyncClient) -> None:
+    lines = [f"line {i} ".encode() * (i % 50) + b"\n" for i in range(40_000)]
+    data = b"".join(lines)
+    assert len(data) > BLOCK_SIZE  # lines straddle a block boundary
+    sync.write_file("/lines.txt", data)
+    with sync.open("/lines.txt") as f:
+        assert f.peek()[:10] == data[:10] and f.tell() == 0
+        assert list(f) == lines  # readline through peek: one scan per buffered block
+        assert f.readline() == b"" and f.peek() == b""
+        f.seek(len(lines[0]) + 3)
+        assert f.readline() == lines[1][3:]
+    with sync.open("/lines.txt") as f, io.TextIOWrapper(f, encoding="ascii") as text:
+        assert sum(1 for _ in text) == len(lines)
+
+
 def test_a_closed_sync_client_says_so(cluster: SourceCluster) -> None:
     client = connect(cluster.config_path)
     client.write_file("/x", b"1")
