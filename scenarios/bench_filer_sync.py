@@ -7,8 +7,8 @@ source region (its blocks in a bucket on A) and mirror region "eu" (blocks in a 
 embedded PostgreSQL), each started through the CLI. Every figure runs both systems on the same
 workload, round by round alternately (whoever goes first alternates too):
 
-- small-file lag: 4 KiB files written open-loop at 50 and 200 ops/s; per file, from the write's
-  acknowledgement (mirrorfs: the source client's `put`; filer.sync: the PUT to A's S3) until
+- small-file lag: 4 KiB files written open-loop at 50 and 200 ops/s by a writer process
+  (scenarios/bench_writer.py, the same for both); per file, from the write's acknowledgement (mirrorfs: the source client's `put`; filer.sync: the PUT to A's S3) until
   each system's mirror-side read path shows it (mirrorfs: `stat` through the "eu" client,
   served from the replica; filer.sync: HEAD on B's S3). One poller checks every pending file
   each cycle, the same for both, so the resolution is the poll cycle (a few ms).
@@ -72,6 +72,9 @@ def pct(values: list[float], p: float) -> float:
 
 class Side(Protocol):
     name: str
+    writer_pid: int | None
+
+    def writer_target(self) -> tuple[str, str]: ...
 
     async def write(self, path: str, data: bytes) -> int: ...
     async def visible(self, path: str) -> bool: ...
@@ -88,6 +91,10 @@ class MirrorfsSide:
 
     def __init__(self, regions: MirrorfsRegions, source: FsClient, reader: FsClient, db: Any):
         self.regions, self.source, self.reader, self.db = regions, source, reader, db
+        self.writer_pid: int | None = None
+
+    def writer_target(self) -> tuple[str, str]:
+        return "mirrorfs", str(self.regions.config_path)
 
     async def write(self, path: str, data: bytes) -> int:
         return (await self.source.put(io.BytesIO(data), path)).version  # type: ignore[arg-type]
@@ -138,6 +145,10 @@ class FilerSyncSide:
 
     def __init__(self, sync: FilerSync, a: Any, b: Any) -> None:
         self.sync, self.a, self.b = sync, a, b
+        self.writer_pid: int | None = None
+
+    def writer_target(self) -> tuple[str, str]:
+        return "s3", f"{self.sync.a.endpoint}/{SYNC_BUCKET}"
 
     async def write(self, path: str, data: bytes) -> int:
         await self.a.put_object(Bucket=SYNC_BUCKET, Key=path.lstrip("/"), Body=data)
@@ -227,13 +238,13 @@ class LagRound:
 
 
 async def lag_round(side: Side, rate: float, seconds: float, tag: str) -> LagRound:
+    """Writes from a scenarios.bench_writer process (its acks on a pipe); visibility polled
+    here."""
     out = LagRound()
     pending: dict[str, float] = {}
     acked: dict[int, float] = {}  # version -> ack time (mirrorfs only)
     done = asyncio.Event()
-    data = os.urandom(SMALL)
     poller = asyncio.create_task(wait_visible(side, pending, out.lags_ms, done, 60.0, out.poll_ms))
-    inflight: set[asyncio.Task[None]] = set()
 
     async def watch_watermark() -> None:
         """Diagnostic beside the read path: when the replica's watermark covers each write."""
@@ -247,27 +258,44 @@ async def lag_round(side: Side, rate: float, seconds: float, tag: str) -> LagRou
             await asyncio.sleep(POLL_S)
 
     watcher = asyncio.create_task(watch_watermark())
-
-    async def one(i: int) -> None:
-        path = f"/lag/{tag}/{i}"
-        t = time.perf_counter()
-        version = await side.write(path, data[:-8] + i.to_bytes(8, "little"))
-        now = time.perf_counter()
-        out.ack_ms.append((now - t) * 1000)
-        pending[path] = now
-        if version:
-            acked[version] = now
-
-    start = time.perf_counter()
-    i = 0
-    while time.perf_counter() - start < seconds:
-        task = asyncio.create_task(one(i))
-        inflight.add(task)
-        task.add_done_callback(inflight.discard)
-        i += 1
-        await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
-    await asyncio.gather(*inflight)
-    done.set()
+    kind, target = side.writer_target()
+    args = (kind, target, str(rate), str(seconds), f"/lag/{tag}")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "scenarios.bench_writer",
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    side.writer_pid = proc.pid
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 120)
+        if line.strip() != b"ready":
+            raise RuntimeError(f"bench_writer {args}: {line!r} {await proc.stderr.read()!r}")  # type: ignore[union-attr]
+        proc.stdin.write(b"go\n")
+        await proc.stdin.drain()
+        async for raw in proc.stdout:
+            fields = raw.decode().split()
+            if fields[:1] == ["done"]:
+                break
+            if fields[:1] != ["ack"]:
+                continue
+            _, path, version, t_ack, write_ms = fields
+            pending[path] = float(t_ack)
+            out.ack_ms.append(float(write_ms))
+            if int(version):
+                acked[int(version)] = float(t_ack)
+        if await proc.wait() != 0:
+            raise RuntimeError(f"bench_writer {args} failed: {await proc.stderr.read()!r}")  # type: ignore[union-attr]
+    finally:
+        side.writer_pid = None
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        done.set()
     out.missing = await poller
     await asyncio.wait_for(watcher, 60)
     return out
@@ -392,6 +420,8 @@ async def bench(args: argparse.Namespace, tmp: Path, figs: Figures) -> None:
                     out[f"source node {i}"] = p.pid
                 for side in sides:
                     out.update(side.replicator_pids())
+                    if side.writer_pid is not None:
+                        out[f"writer ({side.name})"] = side.writer_pid
                 out["this benchmark"] = os.getpid()
                 return out
 
