@@ -8,10 +8,11 @@ embedded PostgreSQL), each started through the CLI. Every figure runs both syste
 workload, round by round alternately (whoever goes first alternates too):
 
 - small-file lag: 4 KiB files written open-loop at 50 and 200 ops/s by a writer process
-  (scenarios/bench_writer.py, the same for both); per file, from the write's acknowledgement (mirrorfs: the source client's `put`; filer.sync: the PUT to A's S3) until
-  each system's mirror-side read path shows it (mirrorfs: `stat` through the "eu" client,
-  served from the replica; filer.sync: HEAD on B's S3). One poller checks every pending file
-  each cycle, the same for both, so the resolution is the poll cycle (a few ms).
+  (scenarios/bench_writer.py, the same for both); per file, from the write's acknowledgement
+  (mirrorfs: the source client's `put`; filer.sync: the PUT to A's S3) until each system's
+  mirror-side read path shows it (mirrorfs: `stat` through the "eu" client, served from the
+  replica; filer.sync: HEAD on B's S3). One poller checks every pending file each pass, the
+  same for both: the resolution is one pass (reported as a diagnostic).
 - backlog copy MiB/s: replication stopped (mirrorfs: the region daemon; filer.sync: the
   process), --backlog-files x 4 MiB written, replication started; MiB / seconds from the start
   until everything is in B (mirrorfs: every block of the replica `copied`; filer.sync: HEAD of
