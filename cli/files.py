@@ -57,7 +57,7 @@ PolicyOpt = Annotated[
         "--policy",
         case_sensitive=False,
         help="When the replica is staler than the window: read the source, fail, or serve "
-        "it anyway flagged stale (default: the region's)",
+        "it anyway flagged stale (default: source)",
     ),
 ]
 
@@ -252,12 +252,14 @@ def ls(
     bound = bound_of(window, policy)
 
     async def go(c: FsClient) -> None:
+        before = c.stale_answers
         try:
             async for name, attr in c.ls(path, bound=bound):
                 typer.echo(long_line(name, attr) if long else name + ("/" if attr.is_dir else ""))
         except NotADirectoryError:
             attr = await c.stat(path, bound=bound)
             typer.echo(long_line(path, attr) if long else path)
+        warn_if_stale(path, c.stale_answers > before, c.region)
 
     with_client(ctx, go, region, window=window, policy=policy)
 
@@ -287,6 +289,7 @@ def stat(
 
     async def go(c: FsClient) -> None:
         attr = await c.stat(path, bound=bound_of(window, policy))
+        warn_if_stale(path, c.stale_answers > 0, c.region)
         if as_json:
             typer.echo(orjson.dumps(attr.to_dict(), option=orjson.OPT_INDENT_2).decode())
         else:

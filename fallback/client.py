@@ -57,6 +57,7 @@ class FsClient:
         self.blocks: BlockSource = blocks or SourceBlocks(store)
         self.gate = gate
         self.seen_version = 0
+        self.stale_answers = 0  # answers served stale (policy serve) by this client
         self.write_policy = write_policy or WritePolicy()
         # In a mirror region with copy_writes: puts leave their blocks in its bucket too.
         self.mirror_copy = mirror_copy
@@ -93,7 +94,9 @@ class FsClient:
         """(answer, stale): `call` against this region's view, held to `bound` by the gate."""
         if self.gate is None:
             return await call(self.view, self.seen_version), False
-        return await self.gate.run(call, min_version=self.seen_version, bound=bound)
+        answer, stale = await self.gate.run(call, min_version=self.seen_version, bound=bound)
+        self.stale_answers += stale  # stat/ls return bare values: callers compare this count
+        return answer, stale
 
     async def _wrote(self, version: int) -> int:
         """A write committed `version`: the session reads it from now on, and in a mirror the

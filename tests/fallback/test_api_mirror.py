@@ -158,6 +158,13 @@ async def test_cli_verbs_in_a_mirror_answer_as_at_the_source(tmp_path: Path, pg_
         assert served.returncode == 0, served.stderr
         assert served.stdout == b"12345"
         assert b"warning: /d/f.bin was served from region 'eu'" in served.stderr
+        for verb in ("stat", "ls"):  # bare attributes are flagged the same way
+            served = await asyncio.to_thread(
+                mirrorfs, config, verb, "--region", "eu", "--window", "0.2", "--policy", "serve",
+                "/d/f.bin",
+            )  # fmt: skip
+            assert served.returncode == 0, served.stderr
+            assert b"was served from region 'eu'" in served.stderr, (verb, served.stderr)
         fresh = await asyncio.to_thread(
             mirrorfs, config, "cat", "--region", "eu", "--window", "0.2", "--policy", "source",
             "/d/f.bin",
