@@ -25,7 +25,9 @@ class _Strict(BaseModel):
 class Topology(_Strict):
     source_nodes: int = Field(default=3, ge=1, le=5)
     mirrors: list[str] = Field(min_length=1)
-    bucket: str = Field(default="file", pattern="^file$")  # s3: not yet (see the README)
+    # file: the source bucket is a local directory (block traffic is not shaped by the links);
+    # s3: a SeaweedFS S3 server, reached by each mirror (replicator and readers) through its link
+    bucket: str = Field(default="file", pattern="^(file|s3)$")
     tick_interval_s: float = Field(default=0.2, gt=0)
 
 
@@ -73,6 +75,7 @@ class FaultKind(StrEnum):
     PARTITION = "partition"  # cut a mirror's link for duration_s
     KILL_DAEMON = "kill_daemon"  # kill -9 a mirror's region daemon; restarted after duration_s
     PAUSE = "pause_replication"  # `mirrorfs mirror pause`; resumed after duration_s
+    STOP_BUCKET = "stop_bucket"  # kill the source bucket's S3 server; restarted after duration_s
 
 
 class Fault(_Strict):
@@ -110,7 +113,10 @@ class Scenario(_Strict):
             if r.mirror not in mirrors:
                 raise ValueError(f"workload.readers[{i}].mirror {r.mirror!r}: no such mirror")
         for i, f in enumerate(self.faults):
-            if f.kind != FaultKind.KILL_LEADER and f.target not in mirrors:
+            if f.kind == FaultKind.STOP_BUCKET and self.topology.bucket != "s3":
+                raise ValueError(f"faults[{i}]: stop_bucket needs topology.bucket = 's3'")
+            global_kinds = (FaultKind.KILL_LEADER, FaultKind.STOP_BUCKET)
+            if f.kind not in global_kinds and f.target not in mirrors:
                 raise ValueError(f"faults[{i}].target {f.target!r}: {f.kind} needs a mirror")
             if f.at_s + f.duration_s > self.duration_s:
                 raise ValueError(f"faults[{i}]: ends after the workload (duration_s)")

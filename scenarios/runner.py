@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import hashlib
 import math
+import os
 import random
 import shutil
 import time
@@ -59,6 +60,7 @@ from tests.changelog.cluster import SourceCluster
 from tests.mirror.region import MirrorRegion, source_dump
 from tests.mirror.waits import mirrorfs, start_mirrorfs, wait_following
 from tests.servers.postgres import PostgresServer, short_data_dir
+from tests.servers.seaweed import SeaweedServer
 from volume.config import VolumeConfig, load_config, write_config
 
 SAMPLE_S = 0.5
@@ -128,6 +130,8 @@ class Run:
         self.readers: list[FsClient] = []
         self.written: dict[str, bytes] = {}  # digest -> a write's bytes (reads share them)
         self.pids: list[int] = []
+        self.seaweed: SeaweedServer | None = None
+        self.write_errors = 0
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -136,18 +140,25 @@ class Run:
         self.result.events.append((round(self.now(), 2), text))
 
     async def run(self) -> Result:
+        limit = asyncio.timeout(self.sc.time_limit_s)
         try:
-            async with asyncio.timeout(self.sc.time_limit_s):
+            async with limit:
                 await self._run()
-        except TimeoutError:
-            self.result.violations.append(
-                f"time limit: the run did not finish within {self.sc.time_limit_s:.0f} s"
-            )
+        except TimeoutError as exc:
+            if not limit.expired():  # a wait inside the run gave up: its own reason
+                self._failed(exc)
+            else:
+                self.result.violations.append(
+                    f"time limit: the run did not finish within {self.sc.time_limit_s:.0f} s"
+                )
         except Exception as exc:  # noqa: BLE001 - a run that breaks fails, with its reason
-            self.result.violations.append(f"run failed: {type(exc).__name__}: {exc}")
-            self.result.figures["traceback"] = "".join(traceback.format_exception(exc))[-3000:]
+            self._failed(exc)
         self.result.violations.extend(self._leaks())
         return self.result
+
+    def _failed(self, exc: BaseException) -> None:
+        self.result.violations.append(f"run failed: {type(exc).__name__}: {str(exc)[:500]}")
+        self.result.figures["traceback"] = "".join(traceback.format_exception(exc))[-3000:]
 
     async def _run(self) -> None:
         sc = self.sc
@@ -158,6 +169,14 @@ class Run:
         try:
             if pg.pid:
                 self.pids.append(pg.pid)
+            if sc.topology.bucket == "s3":
+                # SeaweedFS takes any key; the clients want one (not a credential of anything)
+                os.environ.setdefault("AWS_ACCESS_KEY_ID", "mirrorfs")
+                os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "mirrorfs-secret")
+                self.seaweed = SeaweedServer.start(self.work / "seaweed")
+                self.seaweed.create_bucket("source")
+                if self.seaweed.pid:
+                    self.pids.append(self.seaweed.pid)
             with LinkSet(seed=sc.seed) as links:
                 async with self._cluster() as cluster:
                     await self._regions(cluster, pg, links)
@@ -168,13 +187,21 @@ class Run:
                         for side in self.mirrors.values():
                             side.region.stop()
         finally:
-            pg.stop()
+            try:
+                if self.seaweed is not None:
+                    self.seaweed.stop()
+            finally:
+                pg.stop()
 
     @contextlib.asynccontextmanager
     async def _cluster(self) -> AsyncIterator[SourceCluster]:
         topo = self.sc.topology
+        bucket = None if self.seaweed is None else f"s3://source?endpoint={self.seaweed.endpoint}"
         cluster = SourceCluster(
-            self.work / "vol", nodes=topo.source_nodes, tick_interval_s=topo.tick_interval_s
+            self.work / "vol",
+            nodes=topo.source_nodes,
+            bucket=bucket,
+            tick_interval_s=topo.tick_interval_s,
         )
         cluster.start_all()
         try:
@@ -209,9 +236,13 @@ class Run:
                 nodes.append(
                     n.model_copy(update={"api": links.proxy(name, api.hostname, api.port)})
                 )
-            linked = cfg.model_copy(
-                update={"source": cfg.source.model_copy(update={"nodes": nodes})}
-            )
+            source_update: dict[str, Any] = {"nodes": nodes}
+            if self.seaweed is not None:  # the source bucket, across the link too
+                s3 = urlsplit(self.seaweed.endpoint)
+                assert s3.hostname and s3.port
+                via = links.proxy(name, s3.hostname, s3.port)
+                source_update["bucket"] = f"s3://source?endpoint={via}"
+            linked = cfg.model_copy(update={"source": cfg.source.model_copy(update=source_update)})
             side.config = cluster.directory / f"mirrorfs-{name}.toml"
             side.cfg = linked
             write_config(linked, side.config)
@@ -291,7 +322,13 @@ class Run:
         next_at = time.monotonic()
         while time.monotonic() < deadline:
             path = f"{DATA_DIR}/f{i if i < wl.files else self.rng.randrange(wl.files)}"
-            await self._write(fs, path, self._size())
+            try:
+                await self._write(fs, path, self._size())
+            except Exception as exc:  # noqa: BLE001 - not acknowledged: no claim to check
+                self.write_errors += 1
+                if self.write_errors == 1:
+                    self.event(f"a write failed: {type(exc).__name__}: {str(exc)[:200]}")
+                self.result.figures["writes_failed"] = self.write_errors
             i += 1
             next_at += 1 / wl.write_rate
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
@@ -396,6 +433,19 @@ class Run:
                 self.event(f"restarted node {leader}")
 
             return restart
+        if f.kind == FaultKind.STOP_BUCKET:
+            seaweed = self.seaweed
+            assert seaweed is not None
+            await asyncio.to_thread(seaweed.kill)
+            self.event("killed the source bucket's S3 server")
+
+            async def start() -> None:
+                await asyncio.to_thread(seaweed.restart)
+                if seaweed.pid:
+                    self.pids.append(seaweed.pid)
+                self.event("restarted the source bucket's S3 server")
+
+            return start
         target = f.target
         assert target is not None
         side = self.mirrors[target]
