@@ -42,6 +42,7 @@ import structlog
 
 from fallback.errors import ReplicaBehindError, StaleMirrorError
 from fallback.view import MetadataView
+from volume.errors import FsError
 
 log = structlog.get_logger(__name__)
 
@@ -151,6 +152,14 @@ class ReplicaProgress(Protocol):
     async def aclose(self) -> None: ...
 
 
+def _replica_unavailable(exc: BaseException) -> bool:
+    """A temporary failure to read the replica (its database), not an answer about the volume
+    (an FsError) and not a replica merely behind (the gate waits for that itself)."""
+    if isinstance(exc, FsError | ReplicaBehindError | StaleMirrorError):
+        return False
+    return bool(getattr(exc, "temporary", False)) or isinstance(exc, ConnectionError | OSError)
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -210,6 +219,20 @@ class ConsistencyGate:
         self, call: MetaCall[T], *, min_version: int, bound: ReadBound | None
     ) -> tuple[T, bool]:
         window_s, policy = self._bound(bound)
+        try:
+            return await self._run(call, min_version, window_s, policy)
+        except Exception as exc:
+            # The replica's PostgreSQL does not answer (a temporary error of mirror/): under
+            # `source` that is one more reason to ask the source; otherwise it is the error.
+            if not _replica_unavailable(exc) or policy is not StalePolicy.SOURCE:
+                raise
+            log.warning("mirror.replica_unavailable", region=self.region, error=str(exc))
+            self.counters.stale_source += 1
+            return await call(self.source, min_version), False
+
+    async def _run(
+        self, call: MetaCall[T], min_version: int, window_s: float, policy: StalePolicy
+    ) -> tuple[T, bool]:
         state = await self.progress.current()
         # +1: a record stamped exactly at now - W must be in too, and the replica is known to
         # hold every record stamped before its applied_ts, not all of those stamped at it.
@@ -267,6 +290,22 @@ class ConsistencyGate:
         catches up, and this session's own reads wait for it in `run`). While the replica is
         stuck (no progress during a whole wait: its follower stopped), it waits only `wait_s`:
         a script of many writes is not held `settle_timeout_s` by each."""
+        try:
+            await self._settle(version)
+        except Exception as exc:
+            if not _replica_unavailable(exc):
+                raise
+            # The write is committed; only its visibility here cannot be checked now.
+            log.warning(
+                "mirror.write_not_confirmed",
+                region=self.region,
+                version=version,
+                error=str(exc),
+                hint="the write is committed at the source; the region's replica database "
+                "does not answer, so whether readers here see it yet is unknown",
+            )
+
+    async def _settle(self, version: int) -> None:
         started = time.monotonic()
         timeout_s = self.settle_timeout_s
         before = (await self.progress.current()).applied_version
