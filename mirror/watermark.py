@@ -161,8 +161,11 @@ class ReplicaWatermark:
                         await closed.wait()
                     finally:
                         self._listening = False
-                        if not conn.is_closed():
-                            await conn.remove_listener(NOTIFY_CHANNEL, self._notified)
+                        # A connection the server dropped was already handed back to the pool
+                        # (its proxy refuses every call): nothing left to unlisten then.
+                        with contextlib.suppress(asyncpg.InterfaceError):
+                            if not conn.is_closed():
+                                await conn.remove_listener(NOTIFY_CHANNEL, self._notified)
             except (MirrorError, asyncpg.InterfaceError) as exc:
                 log.info("mirror.watermark_listen_failed", error=str(exc))
             await asyncio.sleep(LISTEN_RETRY_S)
