@@ -50,7 +50,7 @@ from volume.errors import (
     VersionGoneError,
     from_wire,
 )
-from volume.inode import CHUNK_SIZE, Inode
+from volume.fileversion import chunk_range
 from volume.records import (
     MAX_RECORDS_PER_REQUEST,
     MIRROR_ACK,
@@ -70,7 +70,6 @@ DEFAULT_READ_WAIT_S = 10.0
 MAX_OPS_PER_BATCH = MAX_RECORDS_PER_REQUEST
 # One file read resolves its inode and every chunk map under one lock (one version); this many
 # chunks is 4 TiB, a response of a few MB.
-MAX_CHUNKS_PER_FILE_READ = 65_536
 NODE_KEY = web.AppKey("node", SourceNode)
 
 
@@ -215,7 +214,7 @@ async def get_meta(request: web.Request) -> web.Response:
                 "attr": inode.to_dict(),
                 "chunks": {
                     index: _chunk_map(ns, inode.ino, index)
-                    for index in _chunk_range(inode, offset, None if length < 0 else length)
+                    for index in chunk_range(inode, offset, None if length < 0 else length)
                 },
             }
         else:
@@ -227,23 +226,6 @@ def _chunk_map(ns: Namespace, ino: int, index: int) -> dict[str, Any]:
     slices = ns.chunk_slices(ino, index)
     checksums = {s.id: list(ns.slice_info(s.id).checksums) for s in slices}
     return {"slices": [s.to_dict() for s in slices], "checksums": checksums}
-
-
-def _chunk_range(inode: Inode, offset: int, length: int | None) -> range:
-    """The chunk indexes a read of [offset, offset+length) needs, clipped at the file's size
-    (nothing for a directory or symlink: the reader refuses those by their attr)."""
-    if offset < 0 or (length is not None and length < 0):
-        raise BadRequestError("'offset' and 'length' must be >= 0")
-    end = inode.size if length is None else min(inode.size, offset + length)
-    if not inode.is_file or end <= offset:
-        return range(0)
-    chunks = range(offset // CHUNK_SIZE, (end - 1) // CHUNK_SIZE + 1)
-    if len(chunks) > MAX_CHUNKS_PER_FILE_READ:
-        raise BadRequestError(
-            f"a file read resolves at most {MAX_CHUNKS_PER_FILE_READ} chunks"
-            f" ({MAX_CHUNKS_PER_FILE_READ * CHUNK_SIZE >> 40} TiB) at once; read in ranges"
-        )
-    return chunks
 
 
 def _path(request: web.Request) -> str:

@@ -32,15 +32,14 @@ from mirror.replica import (
     row_inode,
 )
 from volume.checks import check_int
-from volume.errors import BadRequestError, FsError, ReplicaBehindError
-from volume.fileversion import ChunkMap, FileVersion
-from volume.inode import CHUNK_SIZE, ROOT_INO, Inode, SliceRef
+from volume.errors import FsError, ReplicaBehindError
+from volume.fileversion import ChunkMap, FileVersion, chunk_range
+from volume.inode import ROOT_INO, Inode, SliceRef
 from volume.paths import split_path
 from volume.permissions import R_OK, X_OK, require
 
 # The source's caps (changelog/api.py), repeated so both regions refuse the same requests.
 MAX_READDIR_LIMIT = 10_000
-MAX_CHUNKS_PER_FILE_READ = 65_536
 
 _SQL_CHUNKS = (
     "SELECT r.chunk_index, r.slice_id, r.size, r.off, r.len, r.pos, s.checksums"
@@ -133,21 +132,3 @@ class ReplicaView:
             if depth + 1 >= len(chain):
                 raise FsError(errno.ENOENT, "no such file or directory", path=path)
         return chain[len(parts)]
-
-
-def chunk_range(inode: Inode, offset: int, length: int | None) -> range:
-    """The chunk indexes a read of [offset, offset+length) needs, clipped at the file's size
-    (none for a directory or symlink: the reader refuses those by their attributes). The
-    source's rule and errors (changelog/api.py `_chunk_range`)."""
-    if offset < 0 or (length is not None and length < 0):
-        raise BadRequestError("'offset' and 'length' must be >= 0")
-    end = inode.size if length is None else min(inode.size, offset + length)
-    if not inode.is_file or end <= offset:
-        return range(0)
-    chunks = range(offset // CHUNK_SIZE, (end - 1) // CHUNK_SIZE + 1)
-    if len(chunks) > MAX_CHUNKS_PER_FILE_READ:
-        raise BadRequestError(
-            f"a file read resolves at most {MAX_CHUNKS_PER_FILE_READ} chunks"
-            f" ({MAX_CHUNKS_PER_FILE_READ * CHUNK_SIZE >> 40} TiB) at once; read in ranges"
-        )
-    return chunks
