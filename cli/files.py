@@ -17,12 +17,21 @@ import stat as stat_mod
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, BinaryIO, TypeVar, cast
 
 import orjson
 import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from cli.client import REGION_ENV, aconnect
 from cli.runtime import config, fail, run
@@ -117,8 +126,11 @@ def put(
 
     async def go(c: FsClient) -> None:
         start = time.perf_counter()
-        with open(local, "rb") as f:  # noqa: ASYNC230 - reads go through to_thread in write_file
-            res = await c.put(f, path, parents=not no_parents)
+        with (
+            open(local, "rb") as f,  # noqa: ASYNC230 - reads go through to_thread in write_file
+            transfer_bar(f"put {path}", local.stat().st_size) as bar,
+        ):
+            res = await c.put(cast(BinaryIO, CountingReader(f, bar)), path, parents=not no_parents)
         secs = time.perf_counter() - start
         typer.echo(f"{path}: {res.size} bytes in {secs:.2f}s, committed at version {res.version}")
 
@@ -150,8 +162,10 @@ def get(
                 LocalReplacement(target) as out,
             ):
                 warn_if_stale(path, f.stale, c.region)
-                while data := await f.read(READ_PIECE_BYTES):
-                    await out.write(data)
+                with transfer_bar(f"get {path}", f.size) as bar:
+                    while data := await f.read(READ_PIECE_BYTES):
+                        await out.write(data)
+                        bar(len(data))
         except (StoreError, ChangelogError):
             raise  # the volume's and the buckets' errors (OSErrors too) are reported as theirs
         except OSError as exc:  # the local side: a full disk, a read-only directory...
@@ -161,6 +175,42 @@ def get(
 
 
 READ_PIECE_BYTES = 4 * 1024 * 1024  # one block: the handle streams them with readahead
+BAR_MIN_BYTES = 16 * 1024 * 1024  # smaller transfers are over before a bar would help
+
+
+@contextlib.contextmanager
+def transfer_bar(what: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr for a large transfer on a terminal; `advance(n)` it as
+    bytes move. Off a terminal, or for a small file, nothing is drawn."""
+    shown = sys.stderr.isatty() and total >= BAR_MIN_BYTES
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+        disable=not shown,
+    ) as progress:
+        task = progress.add_task(what, total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+class CountingReader:
+    """A binary file whose reads also advance a progress bar (the rest is the file's own)."""
+
+    def __init__(self, f: BinaryIO, advance: Callable[[int], None]) -> None:
+        self._f = f
+        self._advance = advance
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self._advance(len(data))
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
 
 
 class LocalReplacement:
