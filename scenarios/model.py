@@ -66,7 +66,8 @@ class Workload(_Strict):
     files: int = Field(default=20, ge=1)
     sizes: Sizes = Sizes()
     write_rate: float = Field(default=5.0, gt=0)  # writes per second, at the source
-    large_file_mb: float = Field(default=0.0, ge=0)  # one file this large, written first
+    large_file_mb: float = Field(default=0.0, ge=0)  # one file this large (0: none)
+    large_file_at_s: float = Field(default=0.0, ge=0)  # written then (0: before the workload)
     readers: list[Readers] = []
 
 

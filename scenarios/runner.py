@@ -43,7 +43,7 @@ from fallback import (
     StaleMirrorError,
     StalePolicy,
 )
-from mirror import verify
+from mirror import CopyQueue, verify
 from objstore import open_store
 from scenarios.checker import (
     SOURCE,
@@ -58,7 +58,7 @@ from scenarios.links import LinkSet, LinkShape
 from scenarios.model import Fault, FaultKind, Scenario
 from tests.changelog.cluster import SourceCluster
 from tests.mirror.region import MirrorRegion, source_dump
-from tests.mirror.waits import mirrorfs, start_mirrorfs, wait_following
+from tests.mirror.waits import start_mirrorfs, wait_following
 from tests.servers.postgres import PostgresServer, short_data_dir
 from tests.servers.seaweed import SeaweedServer
 from volume.config import VolumeConfig, load_config, write_config
@@ -278,7 +278,7 @@ class Run:
                     )
                     readers.append((f"{spec.mirror}-r{len(readers)}-{k}", fs, spec))
                     self.readers.append(fs)
-            if wl.large_file_mb:
+            if wl.large_file_mb and not wl.large_file_at_s:
                 await self._write(writer, LARGE_PATH, int(wl.large_file_mb * 2**20))
             for i in range(min(wl.files, 3)):  # something to read from the start
                 await self._write(writer, f"{DATA_DIR}/f{i}", self._size())
@@ -289,6 +289,7 @@ class Run:
             deadline = self.t0 + sc.duration_s
             tasks = [
                 asyncio.create_task(self._writes(writer, deadline)),
+                asyncio.create_task(self._large(writer)),
                 asyncio.create_task(self._sample(deadline)),
                 *(asyncio.create_task(self._fault(cluster, links, f)) for f in sc.faults),
                 *(
@@ -315,6 +316,13 @@ class Run:
         version = (await fs.write_file(path, data)).version
         self.history.wrote(Write("writer", SOURCE, path, version, data, started, time.time()))
         self.written[hashlib.sha256(data).hexdigest()] = data
+
+    async def _large(self, fs: FsClient) -> None:
+        wl = self.sc.workload
+        if wl.large_file_mb and wl.large_file_at_s:
+            await asyncio.sleep(max(0.0, wl.large_file_at_s - self.now()))
+            await self._write(fs, LARGE_PATH, int(wl.large_file_mb * 2**20))
+            self.event(f"wrote the large file ({wl.large_file_mb:g} MiB)")
 
     async def _writes(self, fs: FsClient, deadline: float) -> None:
         wl = self.sc.workload
@@ -469,13 +477,15 @@ class Run:
                 self.event(f"restarted {f.target}'s daemon")
 
             return again
-        assert f.kind == FaultKind.PAUSE
-        await asyncio.to_thread(mirrorfs, side.config, "mirror", "pause", target)
-        self.event(f"paused {f.target}'s replication")
+        assert f.kind == FaultKind.PAUSE  # as `mirrorfs mirror pause` does (no CLI start-up)
+        async with side.region.database() as db:
+            await CopyQueue(db).set_paused(True)
+        self.event(f"paused {target}'s replication")
 
         async def resume() -> None:
-            await asyncio.to_thread(mirrorfs, side.config, "mirror", "resume", target)
-            self.event(f"resumed {f.target}'s replication")
+            async with side.region.database() as db:
+                await CopyQueue(db).set_paused(False)
+            self.event(f"resumed {target}'s replication")
 
         return resume
 
