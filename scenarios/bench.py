@@ -233,11 +233,11 @@ def run_suite(name: str, quick: bool, log: Callable[[str], None]) -> list[Figure
                     continue
                 groups = m.groupdict()
                 numbers.update({k: float(v) for k, v in groups.items() if _number(v)})
-                if pat.title:
+                if pat.title:  # a line only read for its numbers ends no stretch
                     if found and now - found[-1][3] < SAME_PRINT_S:
                         since = found[-1][2]  # printed together: measured in one stretch
                     found.append((pat, groups, since, now))
-                since = now
+                    since = now
                 break
         proc.wait()
     finally:
