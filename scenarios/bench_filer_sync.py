@@ -64,6 +64,7 @@ BIG = 4 * MIB
 SYNC_BUCKET = "filersync"
 POLL_S = 0.002
 REGION = "eu"
+SELF = "this benchmark (alone)"
 
 
 def pct(values: list[float], p: float) -> float:
@@ -381,7 +382,7 @@ async def run_rounds(
     for r in range(rounds):
         order = sides if r % 2 == 0 else sides[::-1]
         for side in order:
-            with LoadMeter(pids) as meter:
+            with LoadMeter(pids, flat=frozenset({SELF})) as meter:
                 value = await measure(side, f"{figure}-{side.name}-{r}")
             figs.add(figure, side.name, value)
             figs.loads.setdefault(figure, []).append(meter.load)
@@ -423,7 +424,7 @@ async def bench(args: argparse.Namespace, tmp: Path, figs: Figures) -> None:
                     out.update(side.replicator_pids())
                     if side.writer_pid is not None:
                         out[f"writer ({side.name})"] = side.writer_pid
-                out["this benchmark"] = os.getpid()
+                out[SELF] = os.getpid()
                 return out
 
             for rate in (50, 200):

@@ -55,11 +55,13 @@ class _Sample:
 
 class LoadTimeline:
     """Samples every SAMPLE_INTERVAL_S from `start()` to `stop()`. `roots` maps a label to a
-    pid whose process tree is metered; a callable is asked at every sample, so a process
-    restarted meanwhile is metered too."""
+        pid whose process tree is metered; a callable is asked at every sample, so a process
+        restarted meanwhile is metered too. A label in `flat` meters its process alone (the benchmark,
+    whose children are the systems under test, metered under their own labels)."""
 
-    def __init__(self, roots: Roots | None = None) -> None:
+    def __init__(self, roots: Roots | None = None, *, flat: frozenset[str] = frozenset()) -> None:
         self.roots: Roots = roots if roots is not None else {}
+        self.flat = flat  # labels metered without their children (the benchmark itself)
         self.samples: list[_Sample] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -75,7 +77,7 @@ class LoadTimeline:
         for label, pid in roots.items():
             try:
                 root = psutil.Process(pid)
-                tree = [root, *root.children(recursive=True)]
+                tree = [root] if label in self.flat else [root, *root.children(recursive=True)]
             except psutil.Error:
                 continue
             for p in tree:
@@ -139,8 +141,8 @@ class LoadTimeline:
 class LoadMeter:
     """The load from `__enter__` to `__exit__`, in `.load`."""
 
-    def __init__(self, roots: Roots | None = None) -> None:
-        self.timeline = LoadTimeline(roots)
+    def __init__(self, roots: Roots | None = None, *, flat: frozenset[str] = frozenset()) -> None:
+        self.timeline = LoadTimeline(roots, flat=flat)
         self.load = Load()
 
     def __enter__(self) -> LoadMeter:
