@@ -405,8 +405,8 @@ class Run:
                 doc = await asyncio.wait_for(
                     fetch_status(side.region.api, side.cfg.token), SAMPLE_S * 2
                 )
-            except Exception:  # noqa: BLE001 - a killed or partitioned daemon: a gap
-                self.result.samples.append(Sample(t, name, None, None, None))
+            except Exception:  # noqa: BLE001 - a killed daemon: the replica says how far back
+                self.result.samples.append(await self._replica_sample(t, side))
                 continue
             self.result.samples.append(
                 Sample(t, name, doc.get("lag_seconds"), doc.get("blocks_pending"),
@@ -418,6 +418,15 @@ class Run:
             assert isinstance(gate, ConsistencyGate)
             egress += cast(ReadCounters, gate.counters).fallback_bytes
         self.result.egress.append((t, egress))
+
+    async def _replica_sample(self, t: float, side: MirrorSide) -> Sample:
+        """Lag from the replica's watermark (source clock = this host's, see the checker)."""
+        try:
+            version, applied_ms = await asyncio.wait_for(side.region.watermark(), SAMPLE_S * 2)
+        except Exception:  # noqa: BLE001 - nothing to say: a gap in the plot
+            return Sample(t, side.region.name, None, None, None)
+        lag_s = max(0.0, time.time() - applied_ms / 1000)
+        return Sample(t, side.region.name, round(lag_s, 3), None, version)
 
     # -- faults ---------------------------------------------------------------------------
 
