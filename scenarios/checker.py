@@ -28,6 +28,7 @@ assumed to share its clock to NTP level (as the client assumes: fallback/consist
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -182,7 +183,10 @@ def _bytes(history: History) -> list[str]:
     return out
 
 
+@functools.lru_cache(maxsize=1024)
 def _digest(data: bytes) -> bytes:
+    """Cached: reads of one version share its bytes object (the runner dedupes them), and a
+    bytes object caches its own hash, so a large file is hashed once, not once per read."""
     return hashlib.sha256(data).digest()
 
 
