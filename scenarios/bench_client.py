@@ -37,7 +37,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import structlog
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
@@ -49,6 +48,7 @@ from fallback.reader import DEFAULT_READAHEAD
 from mirror import CopyQueue, Database
 from mirror.create import create_mirror
 from objstore.keys import BLOCK_PREFIX, block_key
+from scenarios import storm_reader
 from tests.changelog.cluster import SourceCluster
 from tests.mirror.region import MirrorRegion
 from tests.servers.faultproxy import FaultProxy
@@ -263,45 +263,11 @@ class Bench:
 async def storm_processes(config: Path, path: str, n: int) -> tuple[list[dict[str, Any]], float]:
     """N scenarios.storm_reader processes, started together once all are ready; (results,
     seconds from go to the last result)."""
-    procs = [
-        await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "scenarios.storm_reader",
-            str(config),
-            REGION,
-            path,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        for _ in range(n)
-    ]
-    try:
-        for proc in procs:
-            assert proc.stdout is not None
-            line = await asyncio.wait_for(proc.stdout.readline(), 120)
-            if line.strip() != b"ready":
-                _, err = await proc.communicate()
-                raise RuntimeError(f"a storm reader did not start: {err.decode()[-2000:]}")
+    async with storm_reader.readers(config, REGION, path, n, start_timeout_s=120) as procs:
         start = time.perf_counter()
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write(b"go\n")
-            await proc.stdin.drain()
-        results = []
-        for proc in procs:
-            out, err = await proc.communicate()
-            if proc.returncode != 0:
-                raise RuntimeError(f"a storm reader failed: {err.decode()[-2000:]}")
-            results.append(orjson.loads(out.strip().splitlines()[-1]))
+        await storm_reader.go(procs)
+        results = await storm_reader.results_of(procs, timeout_s=3600)
         return results, time.perf_counter() - start
-    finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.kill()
-                with contextlib.suppress(ProcessLookupError):
-                    await proc.wait()
 
 
 @contextlib.asynccontextmanager

@@ -10,20 +10,18 @@ forwards. The mirror bucket is a local directory (the region's own storage).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import orjson
 import pytest
 
 from fallback import FsClient
 from mirror.replicate import CopyQueue
 from objstore.keys import BLOCK_PREFIX
+from scenarios.storm_reader import go, readers, results_of
 from tests.changelog.cluster import SourceCluster
 from tests.mirror.region import MirrorRegion
 from tests.mirror.waits import wait_following, wait_status
@@ -36,8 +34,6 @@ FILE_SIZE = 256 * MiB
 READERS = 8
 BLOCKS = FILE_SIZE // (4 * MiB)
 MAX_EGRESS_RATIO = 1.25
-READER_START_TIMEOUT_S = 60.0
-STORM_TIMEOUT_S = 120.0
 
 
 @pytest.fixture
@@ -74,60 +70,6 @@ def write_random_file(path: Path, size: int) -> str:
             f.write(piece)
             left -= len(piece)
     return digest.hexdigest()
-
-
-@contextlib.asynccontextmanager
-async def readers(
-    config: Path, region: str, path: str, n: int
-) -> AsyncIterator[list[asyncio.subprocess.Process]]:
-    """`n` scenarios.storm_reader processes, each with its client open (`ready`), waiting for
-    `go`; every one still running at the end is killed."""
-    procs = [
-        await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "scenarios.storm_reader",
-            str(config),
-            region,
-            path,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        for _ in range(n)
-    ]
-    try:
-        async with asyncio.timeout(READER_START_TIMEOUT_S):
-            for proc in procs:
-                assert proc.stdout is not None
-                line = await proc.stdout.readline()
-                if line.strip() != b"ready":
-                    _, err = await proc.communicate()
-                    raise AssertionError(f"a reader did not start: {line!r}\n{err.decode()}")
-        yield procs
-    finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.kill()
-                with contextlib.suppress(ProcessLookupError):
-                    await proc.wait()
-
-
-async def go(procs: list[asyncio.subprocess.Process]) -> None:
-    for proc in procs:
-        assert proc.stdin is not None
-        proc.stdin.write(b"go\n")
-        await proc.stdin.drain()
-
-
-async def results_of(procs: list[asyncio.subprocess.Process]) -> list[dict[str, object]]:
-    results = []
-    async with asyncio.timeout(STORM_TIMEOUT_S):
-        for proc in procs:
-            out, err = await proc.communicate()
-            assert proc.returncode == 0, f"a reader failed:\n{err.decode()[-3000:]}"
-            results.append(orjson.loads(out.strip().splitlines()[-1]))
-    return results
 
 
 def source_block_bytes(proxy: FaultProxy) -> dict[str, int]:
