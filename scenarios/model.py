@@ -77,6 +77,7 @@ class FaultKind(StrEnum):
     KILL_DAEMON = "kill_daemon"  # kill -9 a mirror's region daemon; restarted after duration_s
     PAUSE = "pause_replication"  # `mirrorfs mirror pause`; resumed after duration_s
     STOP_BUCKET = "stop_bucket"  # kill the source bucket's S3 server; restarted after duration_s
+    RESTART_POSTGRES = "restart_postgres"  # stop the mirrors' PostgreSQL for duration_s
 
 
 class Fault(_Strict):
@@ -116,7 +117,12 @@ class Scenario(_Strict):
         for i, f in enumerate(self.faults):
             if f.kind == FaultKind.STOP_BUCKET and self.topology.bucket != "s3":
                 raise ValueError(f"faults[{i}]: stop_bucket needs topology.bucket = 's3'")
-            global_kinds = (FaultKind.KILL_LEADER, FaultKind.STOP_BUCKET)
+            # the mirrors share one PostgreSQL server (a database each): its restart hits all
+            global_kinds = (
+                FaultKind.KILL_LEADER,
+                FaultKind.STOP_BUCKET,
+                FaultKind.RESTART_POSTGRES,
+            )
             if f.kind not in global_kinds and f.target not in mirrors:
                 raise ValueError(f"faults[{i}].target {f.target!r}: {f.kind} needs a mirror")
             if f.at_s + f.duration_s > self.duration_s:

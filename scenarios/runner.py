@@ -131,6 +131,7 @@ class Run:
         self.written: dict[str, bytes] = {}  # digest -> a write's bytes (reads share them)
         self.pids: list[int] = []
         self.seaweed: SeaweedServer | None = None
+        self.pg: PostgresServer | None = None
         self.write_errors = 0
 
     def now(self) -> float:
@@ -165,7 +166,7 @@ class Run:
         if self.work.exists():  # an earlier run's: its volume and regions would clash
             shutil.rmtree(self.work)
         self.work.mkdir(parents=True)
-        pg = PostgresServer.start(short_data_dir())
+        pg = self.pg = PostgresServer.start(short_data_dir())
         try:
             if pg.pid:
                 self.pids.append(pg.pid)
@@ -450,6 +451,19 @@ class Run:
                 self.event(f"restarted node {leader}")
 
             return restart
+        if f.kind == FaultKind.RESTART_POSTGRES:
+            pg = self.pg
+            assert pg is not None
+            await asyncio.to_thread(pg.stop)
+            self.event("stopped the mirrors' PostgreSQL")
+
+            async def pg_again() -> None:
+                await asyncio.to_thread(pg.start_again)
+                if pg.pid:
+                    self.pids.append(pg.pid)
+                self.event("started the mirrors' PostgreSQL again")
+
+            return pg_again
         if f.kind == FaultKind.STOP_BUCKET:
             seaweed = self.seaweed
             assert seaweed is not None
