@@ -83,7 +83,7 @@ class ReadStat:
     t: float
     mirror: str
     latency_s: float
-    came_from: str  # mirror | source | both | none (an empty file) | error
+    came_from: str  # mirror | source | both | none (an empty file) | refused (stale, not found)
     size: int
 
 
@@ -362,7 +362,7 @@ class Run:
                     Read(session, spec.mirror, path, spec.window_s, spec.policy, started,
                          time.time(), error=f"{type(exc).__name__}: {exc}")
                 )  # fmt: skip
-                self._read_stat(spec.mirror, t, "error", 0)
+                self._read_stat(spec.mirror, t, "refused", 0)
                 await asyncio.sleep(0.05)
                 continue
             except Exception as exc:  # noqa: BLE001 - any other failure is a finding
