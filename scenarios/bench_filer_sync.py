@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import contextlib
 import io
-import logging
 import os
 import shutil
 import statistics
@@ -44,7 +43,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import psutil
-import structlog
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
@@ -55,7 +53,12 @@ from fallback import FsClient
 from mirror import open_database
 from mirror.embedded import postmaster_pid
 from scenarios.bench_load import Load, LoadMeter
-from scenarios.bench_topology import FilerSync, MirrorfsRegions, WeedCluster
+from scenarios.bench_topology import (
+    FilerSync,
+    MirrorfsRegions,
+    WeedCluster,
+    quiet_with_credentials,
+)
 from volume.errors import FsError
 
 MIB = 1024 * 1024
@@ -576,13 +579,7 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace) -> Figures:
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "mirrorfs")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "mirrorfs-secret")
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
+    quiet_with_credentials()
     figs = Figures()
     tmp = Path(tempfile.mkdtemp(prefix="mfs-fs-", dir="/tmp"))
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 import botocore.session
+import structlog
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -32,6 +34,18 @@ from volume.config import MirrorConfig, VolumeConfig, load_config, write_config
 STOP_TIMEOUT_S = 5.0
 ACCESS_KEY = "mirrorfs"
 SECRET_KEY = "mirrorfs-secret"
+
+
+def quiet_with_credentials() -> None:
+    """For a benchmark process: the S3 key pair SeaweedFS accepts (any works) unless one is
+    set, and only warnings logged, to stderr (stdout carries figures or a protocol)."""
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
 
 
 def venv_binary(name: str) -> str:

@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import io
-import logging
 import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import structlog
 from aiobotocore.session import get_session
 
 from fallback import FsClient
+from scenarios.bench_topology import quiet_with_credentials
 from volume.config import load_config
 
 SMALL = 4096
@@ -93,12 +92,6 @@ async def go(
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "mirrorfs")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "mirrorfs-secret")
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    structlog.configure(  # stdout is the protocol: logs go to stderr
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
+    quiet_with_credentials()  # stdout is the protocol: logs go to stderr
     kind, target, rate, seconds, prefix = sys.argv[1:6]
     asyncio.run(main(kind, target, float(rate), float(seconds), prefix))
