@@ -55,9 +55,9 @@ class _Sample:
 
 class LoadTimeline:
     """Samples every SAMPLE_INTERVAL_S from `start()` to `stop()`. `roots` maps a label to a
-        pid whose process tree is metered; a callable is asked at every sample, so a process
-        restarted meanwhile is metered too. A label in `flat` meters its process alone (the benchmark,
-    whose children are the systems under test, metered under their own labels)."""
+    pid whose process tree is metered; a callable is asked at every sample, so a process
+    restarted meanwhile is metered too. A label in `flat` meters its process alone (the
+    benchmark, whose children are the systems under test, metered under their own labels)."""
 
     def __init__(self, roots: Roots | None = None, *, flat: frozenset[str] = frozenset()) -> None:
         self.roots: Roots = roots if roots is not None else {}
