@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from cli import bench, dashboard, demo, files, mirror, scenario, source, tokens
+from cli import bench, dashboard, demo, files, mirror, mount, scenario, source, tokens, warmup
 from cli.logs import LogFormat, LogLevel, setup_logging
 
 app = typer.Typer(
@@ -51,6 +51,8 @@ tokens.register(app)
 dashboard.register(app)
 bench.register(app)
 scenario.register(app)
+mount.register(app)
+warmup.register(app)
 
 
 def main() -> None:
