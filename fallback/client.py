@@ -30,6 +30,8 @@ from volume.config import VolumeConfig
 from volume.errors import FsError
 from volume.inode import Inode
 
+Identity = tuple[int, int]  # (uid, gid) a write is made as
+
 
 class FsClient:
     def __init__(
@@ -106,20 +108,28 @@ class FsClient:
             await self.gate.settle(version)
         return version
 
-    async def _op(self, op: str, **args: object) -> int:
-        res = await self.source.op(op, uid=self.uid, gid=self.gid, **args)
+    async def commit_op(self, op: str, *, as_user: Identity | None = None, **args: object) -> int:
+        """One namespace op (mkdir, create, symlink, truncate, setattr, ...) at the source as
+        `as_user` (uid, gid; default the client's own: a mount forwards each caller's), read
+        back by this session; the committed version, or its FsError."""
+        uid, gid = as_user or (self.uid, self.gid)
+        res = await self.source.op(op, uid=uid, gid=gid, **args)
         return await self._wrote(int(res["version"]))
 
-    async def put(self, f: BinaryIO, path: str, *, parents: bool = True) -> WriteResult:
-        """Replace `path` with `f`'s bytes, making missing parents unless `parents` is off; see
-        fallback/writer.py for what is checked first and what a failure leaves behind."""
+    async def put(
+        self, f: BinaryIO, path: str, *, parents: bool = True, as_user: Identity | None = None
+    ) -> WriteResult:
+        """Replace `path` with `f`'s bytes, making missing parents unless `parents` is off, as
+        `as_user` (see commit_op); see fallback/writer.py for what is checked first and what a
+        failure leaves behind."""
+        uid, gid = as_user or (self.uid, self.gid)
         result = await write_file(
             self.source,
             self.store,
             path,
             f,
-            uid=self.uid,
-            gid=self.gid,
+            uid=uid,
+            gid=gid,
             parents=parents,
             policy=self.write_policy,
             min_version=self.seen_version,
@@ -130,22 +140,22 @@ class FsClient:
 
     async def mkdir(self, path: str, *, mode: int = 0o755, parents: bool = False) -> int:
         if not parents:
-            return await self._op("mkdir", path=path, mode=mode)
+            return await self.commit_op("mkdir", path=path, mode=mode)
         parts = [p for p in path.split("/") if p]
         version = 0
         for i in range(1, len(parts) + 1):
             try:
-                version = await self._op("mkdir", path="/" + "/".join(parts[:i]), mode=mode)
+                version = await self.commit_op("mkdir", path="/" + "/".join(parts[:i]), mode=mode)
             except FsError as exc:
                 if exc.errno != errno.EEXIST:  # fine for -p
                     raise
         return version
 
     async def rm(self, path: str, *, dir: bool = False) -> int:
-        return await self._op("rmdir" if dir else "unlink", path=path)
+        return await self.commit_op("rmdir" if dir else "unlink", path=path)
 
     async def mv(self, src: str, dst: str) -> int:
-        return await self._op("rename", src=src, dst=dst)
+        return await self.commit_op("rename", src=src, dst=dst)
 
     async def stat(self, path: str, *, bound: ReadBound | None = None) -> Inode:
         (version, inode), _ = await self._meta(

@@ -133,7 +133,7 @@ def test_an_unknown_region_is_a_config_error_naming_the_known(cluster: SourceClu
 
 def test_info_ls_and_errors_as_a_local_file_system_gives_them(mfs: MirrorFileSystem) -> None:
     mfs.pipe_file("/i/f.bin", b"x" * 10)
-    mfs.client.run(mfs.client.client._op("symlink", path="/i/link", target="f.bin"))
+    mfs.client.run(mfs.client.client.commit_op("symlink", path="/i/link", target="f.bin"))
     info = mfs.info("mirrorfs://source/i/f.bin")
     assert (info["name"], info["size"], info["type"], info["islink"]) == (
         "/i/f.bin",

@@ -255,7 +255,7 @@ async def test_ranges_stat_and_listings_through_the_mirror_match_the_source(
         await s.put("/d/big", data)
         await s.put("/d/small", b"hello")
         await s.writer.mkdir("/d/sub")
-        version = await s.writer._op("symlink", path="/d/link", target="small")
+        version = await s.writer.commit_op("symlink", path="/d/link", target="small")
         await s.region.wait_applied(version)
         async with await open_client(s.cfg, "eu", uid=0, gid=0) as fs:
             # Ranged reads fetch only the blocks they need.
