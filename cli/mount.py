@@ -144,7 +144,7 @@ async def _serve(
         else:
             attr_timeout = cfg.mirror_region(region).window_s if window is None else window
         options = MountOptions(read_only=read_only, attr_timeout_s=attr_timeout)
-        ops = MountOperations(fs, options)
+        ops = await MountOperations.for_client(fs, options)
         fsname = f"mirrorfs:{region}"
         try:
             await serve(ops, mountpoint, mount_options(fsname=fsname, read_only=read_only))

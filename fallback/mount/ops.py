@@ -11,13 +11,17 @@ readahead of that handle (window.py); a write buffer excludes its own writes dur
 (buffers.py); a rename or unlink through the mount updates the inode table after the source
 committed it, and lookups that raced it ask the view again.
 
-Page cache: a file opened at a content the kernel already holds pages of keeps them
-(`keep_cache`); a new content drops them. While handles on an older content are open, a new
-open reads with `direct_io`, so the two never share pages (each handle reads its version).
+Page cache: each version of a file's bytes is a node of its own (nodes.py), so the kernel's
+pages and size of one never serve another, and a read handle keeps its pages (`keep_cache`).
+An open of a node whose file has new bytes at the source is refused with ESTALE: the kernel
+then looks the name up again, gets the new version's node and opens that. Handles open for
+writing bypass the page cache (`direct_io`): the buffer is the file's truth while it is open.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import functools
 import os
@@ -33,7 +37,7 @@ import structlog
 
 from fallback.client import FsClient, Identity
 from fallback.mount.buffers import WriteBuffer
-from fallback.mount.inodes import InodeTable
+from fallback.mount.nodes import Node, NodeTable, content_of
 from fallback.mount.window import BlockWindow
 from fallback.reader import Piece
 from fallback.view import FileVersion
@@ -90,51 +94,49 @@ def _name(raw: bytes) -> str:
 
 
 class ReadHandle:
-    def __init__(self, ino: int, window: BlockWindow) -> None:
-        self.ino = ino
+    def __init__(self, node: Node, window: BlockWindow) -> None:
+        self.node = node
         self.window = window
-
-    @property
-    def content(self) -> tuple[int, int, int]:
-        return _content(self.window.file.inode)
 
 
 class WriteHandle:
-    def __init__(self, buffer: WriteBuffer) -> None:
+    def __init__(self, node: Node, buffer: WriteBuffer) -> None:
+        self.node = node
         self.buffer = buffer
-        self.ino = buffer.ino
-
-
-def _content(inode: Inode) -> tuple[int, int, int]:
-    """What identifies a file's bytes to the page cache: a write changes mtime or size."""
-    return inode.ino, inode.mtime_ms, inode.size
 
 
 class MountOperations(pyfuse3.Operations):
-    def __init__(self, fs: FsClient, options: MountOptions) -> None:
+    def __init__(self, fs: FsClient, options: MountOptions, root: Inode) -> None:
         super().__init__()
         self.fs = fs
         self.options = options
-        self.inodes = InodeTable()
+        self.nodes = NodeTable(root)
         self._handles: dict[int, ReadHandle | WriteHandle] = {}
         self._next_fh = 1
-        self._buffers: dict[int, WriteBuffer] = {}  # ino -> its buffer while open for writing
+        self._buffers: dict[int, WriteBuffer] = {}  # volume ino -> its buffer while open
         self._listings: dict[int, tuple[str, list[tuple[str, Inode]]]] = {}
-        self._cached: dict[int, tuple[int, int, int]] = {}  # ino -> content in the page cache
+        self._background: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    async def for_client(cls, fs: FsClient, options: MountOptions) -> MountOperations:
+        """Operations over `fs`, its root's attributes read now (a region that cannot answer
+        fails the mount here, with the client's error, not the first `ls`)."""
+        return cls(fs, options, await fs.stat("/"))
 
     # --- attributes and names ---
 
-    def _attrs(self, inode: Inode) -> pyfuse3.EntryAttributes:
+    def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        inode = node.inode
         a = pyfuse3.EntryAttributes()
-        a.st_ino = pyfuse3.InodeT(inode.ino)
+        a.st_ino = pyfuse3.InodeT(node.id)
         a.generation = 0
         a.entry_timeout = a.attr_timeout = self.options.attr_timeout_s
         a.st_mode = pyfuse3.ModeT(KIND_BITS[inode.kind] | inode.mode)
         a.st_nlink = inode.nlink
         a.st_uid, a.st_gid = inode.uid, inode.gid
         size = inode.size
-        buffer = self._buffers.get(inode.ino)
-        if buffer is not None and inode.is_file:
+        buffer = self._buffers.get(node.ino)
+        if buffer is not None and self.nodes.is_current(node):
             size = buffer.size  # what the writer wrote so far, committed or not
         a.st_size = size
         a.st_blksize = IO_BLOCK_SIZE
@@ -144,30 +146,34 @@ class MountOperations(pyfuse3.Operations):
         a.st_atime_ns = a.st_mtime_ns
         return a
 
-    def _path(self, ino: int) -> str:
-        path = self.inodes.path(ino)
+    def _node(self, node_id: int) -> Node:
+        node = self.nodes.get(node_id)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)  # forgotten: the kernel looks it up again
+        return node
+
+    def _path(self, node: Node) -> str:
+        path = self.nodes.path(node.id)
         if not path:
-            raise pyfuse3.FUSEError(errno.ENOENT)  # forgotten, or unlinked through the mount
+            raise pyfuse3.FUSEError(errno.ENOENT)  # unlinked through the mount
         return path
 
     def _child(self, parent: int, raw: bytes) -> str:
-        path = self.inodes.child(parent, _name(raw))
+        path = self.nodes.child(parent, _name(raw))
         if path is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         split_path(path)  # FsError(EINVAL/ENAMETOOLONG) for what the volume cannot name
         return path
 
-    async def _stat(self, path: str) -> Inode:
-        return await self.fs.stat(path)
+    async def _learnt(self, path: str) -> pyfuse3.EntryAttributes:
+        inode = await self.fs.stat(path)
+        return self._attrs(self.nodes.learn(inode, path))
 
-    async def _resolve(self, ino: int) -> tuple[str, Inode]:
-        """The path of `ino` and its attributes now; ENOENT when the path no longer holds it
-        (renamed or replaced elsewhere: the kernel looks the name up again)."""
-        path = self._path(ino)
-        inode = await self._stat(path)
-        if inode.ino != ino:
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        return path, inode
+    def _check_current(self, node: Node, inode: Inode) -> None:
+        """ESTALE when `inode` (the path's now) is not the node's file at the node's bytes:
+        the kernel looks the name up again and retries with the node it gets."""
+        if inode.ino != node.ino or content_of(inode) != node.content:
+            raise pyfuse3.FUSEError(errno.ESTALE)
 
     @staticmethod
     def _who(ctx: pyfuse3.RequestContext) -> Identity:
@@ -184,36 +190,28 @@ class MountOperations(pyfuse3.Operations):
         if name == b".":
             return await self.getattr(parent_inode, ctx)
         if name == b"..":
-            parent = self._path(parent_inode).rsplit("/", 1)[0] or "/"
-            inode = await self._stat(parent)
-        else:
-            path = self._child(parent_inode, name)
-            inode = await self._stat(path)
-            self.inodes.learn(inode.ino, path)
-        return self._attrs(inode)
+            parent = self._path(self._node(parent_inode)).rsplit("/", 1)[0] or "/"
+            return await self._learnt(parent)
+        return await self._learnt(self._child(parent_inode, name))
 
     async def forget(self, inode_list: Any) -> None:
-        for ino, count in inode_list:
-            self.inodes.forget(ino, count)
+        for node_id, count in inode_list:
+            self.nodes.forget(node_id, count)
 
     @_fuse_errors
     async def getattr(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        try:
-            _, attrs = await self._resolve(inode)
-        except (pyfuse3.FUSEError, FileNotFoundError):
-            held = self._held_inode(inode)  # fstat on a handle of an unlinked file
-            if held is None:
-                raise
-            attrs = held
-        return self._attrs(attrs)
-
-    def _held_inode(self, ino: int) -> Inode | None:
-        for handle in self._handles.values():
-            if isinstance(handle, ReadHandle) and handle.ino == ino:
-                return handle.window.file.inode
-        return None
+        node = self._node(inode)
+        path = self.nodes.path(node.id)
+        if path and self.nodes.is_current(node):
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                now = await self.fs.stat(path)
+                if now.ino == node.ino and content_of(now) == node.content:
+                    node.inode = now  # same bytes: mode, owner, ctime as they are now
+        # Otherwise the node's own attributes: fstat of a handle on an older version, or of
+        # a file unlinked meanwhile, answers for what that handle reads.
+        return self._attrs(node)
 
     @_fuse_errors
     async def setattr(
@@ -225,10 +223,11 @@ class MountOperations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         self._writable()
-        path = self._path(inode)
+        node = self._node(inode)
+        path = self._path(node)
         who = self._who(ctx)
         if fields.update_size:
-            buffer = self._buffers.get(inode)
+            buffer = self._buffers.get(node.ino)
             if buffer is not None:
                 await buffer.truncate(attr.st_size)  # committed with the rest on close
             else:
@@ -244,15 +243,17 @@ class MountOperations(pyfuse3.Operations):
             changes["mtime_ms"] = attr.st_mtime_ns // 1_000_000
         if changes:
             await self.fs.commit_op("setattr", path=path, as_user=who, **changes)
-        _, now = await self._resolve(inode)
-        return self._attrs(now)
+        now = await self.fs.stat(path)
+        if now.ino == node.ino:
+            self.nodes.rewritten(node, now)  # our own change (the kernel truncated its pages)
+        return self._attrs(node)
 
     @_fuse_errors
     async def readlink(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> bytes:
-        _, attrs = await self._resolve(inode)
-        if attrs.kind != "symlink" or attrs.target is None:
+        node = self._node(inode)
+        if node.inode.kind != "symlink" or node.inode.target is None:
             raise pyfuse3.FUSEError(errno.EINVAL)
-        return os.fsencode(attrs.target)
+        return os.fsencode(node.inode.target)
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         # A bucket has no fixed size: report a large, mostly free one (as s3fs does).
@@ -269,9 +270,8 @@ class MountOperations(pyfuse3.Operations):
     async def opendir(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileHandleT:
-        path, attrs = await self._resolve(inode)
-        if not attrs.is_dir:
-            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        node = self._node(inode)
+        path = self._path(node)
         rows = [row async for row in self.fs.ls(path)]
         fh = self._new_fh()
         self._listings[fh] = (path, rows)
@@ -283,10 +283,12 @@ class MountOperations(pyfuse3.Operations):
         path, rows = self._listings.get(fh, ("/", []))
         for i in range(start_id, len(rows)):
             name, inode = rows[i]
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attrs(inode), i + 1):
+            child = join_path(path, name)
+            node = self.nodes.learn(inode, child)
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attrs(node), i + 1):
+                self.nodes.forget(node.id, 1)  # not taken: it comes again in the next call
                 return
-            # Taken: with readdirplus the kernel now holds an entry for it (one lookup more).
-            self.inodes.learn(inode.ino, join_path(path, name))
+            # Taken: with readdirplus the kernel holds an entry for it now (one lookup).
 
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
         self._listings.pop(fh, None)
@@ -305,11 +307,6 @@ class MountOperations(pyfuse3.Operations):
         await self.fs.commit_op("mkdir", path=path, mode=mode, as_user=self._who(ctx))
         return await self._learnt(path)
 
-    async def _learnt(self, path: str) -> pyfuse3.EntryAttributes:
-        inode = await self._stat(path)
-        self.inodes.learn(inode.ino, path)
-        return self._attrs(inode)
-
     @_fuse_errors
     async def rmdir(
         self, parent_inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext
@@ -317,7 +314,7 @@ class MountOperations(pyfuse3.Operations):
         self._writable()
         path = self._child(parent_inode, name)
         await self.fs.commit_op("rmdir", path=path, as_user=self._who(ctx))
-        self.inodes.removed(path)
+        self.nodes.removed(path)
 
     @_fuse_errors
     async def unlink(
@@ -326,7 +323,9 @@ class MountOperations(pyfuse3.Operations):
         self._writable()
         path = self._child(parent_inode, name)
         await self.fs.commit_op("unlink", path=path, as_user=self._who(ctx))
-        ino = self.inodes.removed(path)
+        self._unlinked(self.nodes.removed(path))
+
+    def _unlinked(self, ino: int | None) -> None:
         buffer = self._buffers.get(ino) if ino is not None else None
         if buffer is not None:
             buffer.unlinked = True  # its writes die with the name, as on a local disk
@@ -361,18 +360,9 @@ class MountOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL)  # RENAME_EXCHANGE / NOREPLACE: not offered
         src = self._child(parent_inode_old, name_old)
         dst = self._child(parent_inode_new, name_new)
-        replaced = self.inodes.removed(dst)
-        try:
-            await self.fs.commit_op("rename", src=src, dst=dst, as_user=self._who(ctx))
-        except BaseException:
-            if replaced is not None:
-                self.inodes.learn(replaced, dst)  # nothing moved; it is still there
-                self.inodes.forget(replaced, 1)
-            raise
-        buffer = self._buffers.get(replaced) if replaced is not None else None
-        if buffer is not None:
-            buffer.unlinked = True  # replaced: its writes would land on the moved file
-        self.inodes.moved(src, dst)
+        await self.fs.commit_op("rename", src=src, dst=dst, as_user=self._who(ctx))
+        self._unlinked(self.nodes.removed(dst))  # replaced: its writes must not land on src's
+        self.nodes.moved(src, dst)
 
     # --- files ---
 
@@ -395,20 +385,20 @@ class MountOperations(pyfuse3.Operations):
     async def open(
         self, inode: pyfuse3.InodeT, flags: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileInfo:
-        path = self._path(inode)
+        node = self._node(inode)
+        path = self._path(node)
         if flags & os.O_ACCMODE == os.O_RDONLY:
-            return await self._open_read(inode, path)
+            return await self._open_read(node, path)
         self._writable()
-        buffer = self._buffers.get(inode)
+        buffer = self._buffers.get(node.ino)
         if buffer is None:
             file, _ = await self.fs.resolve(path)
-            if file.inode.ino != inode:
-                raise pyfuse3.FUSEError(errno.ENOENT)
+            self._check_current(node, file.inode)
             base = None if flags & os.O_TRUNC or file.inode.size == 0 else file
-            buffer = self._new_buffer(inode, base, self._who(ctx))
+            buffer = self._new_buffer(node.ino, base, self._who(ctx))
         if flags & os.O_TRUNC:
             await buffer.truncate(0)
-        return self._open_write(buffer)
+        return self._open_write(node, buffer)
 
     def _new_buffer(self, ino: int, base: FileVersion | None, who: Identity) -> WriteBuffer:
         buffer = WriteBuffer(
@@ -421,31 +411,20 @@ class MountOperations(pyfuse3.Operations):
         self._buffers[ino] = buffer
         return buffer
 
-    def _open_write(self, buffer: WriteBuffer) -> pyfuse3.FileInfo:
+    def _open_write(self, node: Node, buffer: WriteBuffer) -> pyfuse3.FileInfo:
         buffer.handles += 1
         fh = self._new_fh()
-        self._handles[fh] = WriteHandle(buffer)
-        self._cached.pop(buffer.ino, None)  # its pages change under the writes
-        # direct_io: the buffer is the truth while it is open, not pages of the committed file.
+        self._handles[fh] = WriteHandle(node, buffer)
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), direct_io=True)
 
-    async def _open_read(self, ino: int, path: str) -> pyfuse3.FileInfo:
+    async def _open_read(self, node: Node, path: str) -> pyfuse3.FileInfo:
         file, _ = await self.fs.resolve(path)
-        if file.inode.ino != ino:
-            raise pyfuse3.FUSEError(errno.ENOENT)  # replaced since the lookup: look again
+        self._check_current(node, file.inode)
         window = BlockWindow(file, self._fetcher(file), readahead=self.options.readahead_blocks)
-        handle = ReadHandle(ino, window)
         fh = self._new_fh()
-        content = handle.content
-        others = {
-            h.content for h in self._handles.values() if isinstance(h, ReadHandle) and h.ino == ino
-        }
-        self._handles[fh] = handle
-        if ino in self._buffers or (others and others != {content}):
-            return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), direct_io=True)
-        keep = self._cached.get(ino) == content
-        self._cached[ino] = content
-        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=keep)
+        self._handles[fh] = ReadHandle(node, window)
+        # A node's bytes never change (nodes.py), so its pages stay valid across opens.
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=True)
 
     @_fuse_errors
     async def create(
@@ -464,9 +443,10 @@ class MountOperations(pyfuse3.Operations):
         await self.fs.commit_op(
             "create", path=path, mode=mode, exclusive=bool(flags & os.O_EXCL), as_user=who
         )
-        attrs = await self._learnt(path)
-        buffer = self._buffers.get(attrs.st_ino) or self._new_buffer(attrs.st_ino, None, who)
-        return self._open_write(buffer), attrs
+        inode = await self.fs.stat(path)
+        node = self.nodes.learn(inode, path)
+        buffer = self._buffers.get(node.ino) or self._new_buffer(node.ino, None, who)
+        return self._open_write(node, buffer), self._attrs(node)
 
     @_fuse_errors
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
@@ -483,10 +463,10 @@ class MountOperations(pyfuse3.Operations):
         return await handle.buffer.write(off, buf)
 
     async def _commit(self, handle: WriteHandle) -> None:
-        buffer = handle.buffer
+        buffer, node = handle.buffer, handle.node
         if not buffer.dirty or buffer.unlinked:
             return
-        path = self._path(buffer.ino)
+        path = self._path(node)
         started = time.monotonic()
         version = await buffer.commit(self.fs, path)
         log.info(
@@ -496,6 +476,22 @@ class MountOperations(pyfuse3.Operations):
             version=version,
             elapsed_s=round(time.monotonic() - started, 3),
         )
+        now = await self.fs.stat(path)
+        if now.ino == node.ino:
+            self.nodes.rewritten(node, now)
+            self._drop_pages(node.id)  # readers of the node before the write held old pages
+
+    def _drop_pages(self, node_id: int) -> None:
+        """Invalidate the kernel's pages and attributes of a node, after this request (a
+        handler must not wait on the kernel for its own inode: pyfuse3's warning)."""
+
+        async def drop() -> None:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(pyfuse3.invalidate_inode, pyfuse3.InodeT(node_id))
+
+        task = asyncio.get_running_loop().create_task(drop())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     @_fuse_errors
     async def flush(self, fh: pyfuse3.FileHandleT) -> None:
@@ -540,3 +536,5 @@ class MountOperations(pyfuse3.Operations):
         """Release every handle still open (the mount is going away)."""
         for fh in list(self._handles):
             await self.release(pyfuse3.FileHandleT(fh))
+        for task in list(self._background):
+            task.cancel()

@@ -12,10 +12,11 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from cli.mount import mounted
+from tests.fallback.test_mirror_reads import Setup, paused_region
 from tests.mirror.waits import start_mirrorfs
 
 MOUNT_TIMEOUT_S = 60.0
@@ -74,3 +75,16 @@ def mounted_at(config: Path, where: Path, *args: str, log: Path) -> Iterator[Mou
         yield mount.start()
     finally:
         mount.stop()
+
+
+@contextlib.asynccontextmanager
+async def mounted_mirror(
+    tmp_path: Path, pg_dsn: str, *args: str, bucket: str | None = None
+) -> AsyncIterator[tuple[Setup, Mount]]:
+    """A one-node source, mirror region "eu" with copying paused (every read of a block not
+    read before falls back to the source bucket), and the region mounted at tmp_path/mnt."""
+    async with paused_region(tmp_path, pg_dsn, bucket) as s:
+        with mounted_at(
+            s.cluster.config_path, tmp_path / "mnt", "--region", "eu", *args, log=tmp_path / "mount.log"
+        ) as mount:
+            yield s, mount
