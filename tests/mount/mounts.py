@@ -84,7 +84,6 @@ async def mounted_mirror(
     """A one-node source, mirror region "eu" with copying paused (every read of a block not
     read before falls back to the source bucket), and the region mounted at tmp_path/mnt."""
     async with paused_region(tmp_path, pg_dsn, bucket) as s:
-        with mounted_at(
-            s.cluster.config_path, tmp_path / "mnt", "--region", "eu", *args, log=tmp_path / "mount.log"
-        ) as mount:
+        where, log = tmp_path / "mnt", tmp_path / "mount.log"
+        with mounted_at(s.cluster.config_path, where, "--region", "eu", *args, log=log) as mount:
             yield s, mount
