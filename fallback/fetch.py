@@ -57,7 +57,10 @@ class ReadCounters:
     another that wrote it into the mirror bucket first). corrupt_repaired: corrupt mirror
     copies overwritten with verified bytes. The stale_* counts are the consistency gate's
     (fallback/consistency.py StaleCounters): the gate counts into this object, so its outcomes
-    reach the region with the rest."""
+    reach the region with the rest. The cache_* counts are the local block cache's
+    (fallback/cached_blocks.py): cache_hits/bytes served from it (no request to either
+    bucket), cache_misses/bytes asked of the region, cache_corrupt cache files that failed
+    their check and were fetched again."""
 
     fallback_reads: int = 0
     fallback_bytes: int = 0
@@ -69,6 +72,11 @@ class ReadCounters:
     stale_served: int = 0
     stale_errors: int = 0
     stale_source: int = 0
+    cache_hits: int = 0
+    cache_hit_bytes: int = 0
+    cache_misses: int = 0
+    cache_miss_bytes: int = 0
+    cache_corrupt: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -48,6 +48,11 @@ _COUNTER_HELP = {
     "stale_served": "Reads answered by a stale replica (policy serve)",
     "stale_errors": "Reads refused as stale (policy error)",
     "stale_source": "Reads answered by the source because the replica was stale (policy source)",
+    "cache_hits": "Blocks served by the readers' local block caches (no bucket asked)",
+    "cache_hit_bytes": "Bytes served by the readers' local block caches",
+    "cache_misses": "Blocks the readers' local block caches did not hold (asked of the region)",
+    "cache_miss_bytes": "Bytes the readers' local block caches did not hold",
+    "cache_corrupt": "Local block cache files that failed their checksum and were fetched again",
 }
 
 

@@ -25,6 +25,11 @@ COUNTER_NAMES = (
     "stale_served",  # policy `serve`: the replica's answer, flagged stale
     "stale_errors",  # policy `error`: StaleMirrorError raised
     "stale_source",  # policy `source`: answered by the source
+    "cache_hits",  # blocks served by a client's local block cache (no bucket asked)
+    "cache_hit_bytes",
+    "cache_misses",  # blocks the local cache did not hold: asked of the region
+    "cache_miss_bytes",
+    "cache_corrupt",  # local cache files that failed their check, fetched again
 )
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 

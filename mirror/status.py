@@ -17,7 +17,9 @@ names (operators script against them; see README "Mirror status"):
     this host's, from record timestamps against receipt: mirror/follow/skew.py),
     and the region's read counters, summed over every client process (mirror/region_counters.py):
     fallback_reads, fallback_bytes, mirror_hits, mirror_bytes, source_gets_saved,
-    corrupt_repaired, stale_waits, stale_served, stale_errors, stale_source
+    corrupt_repaired, stale_waits, stale_served, stale_errors, stale_source, cache_hits,
+    cache_hit_bytes, cache_misses, cache_miss_bytes, cache_corrupt (the local block caches of
+    clients and mounts: fallback/cached_blocks.py)
 
 Counts of blocks come from the block table itself at the time of asking, never from counters
 kept in memory (they would be wrong after a restart). While the replica's PostgreSQL does not
