@@ -24,6 +24,8 @@ from cli.connect import SOURCE, open_client
 from cli.files import PolicyOpt, RegionOpt, WindowOpt
 from cli.runtime import config, fail, run
 from fallback import StalePolicy
+from fallback.cached_blocks import use_cache
+from objstore.cache import DEFAULT_CACHE_BYTES, BlockCache, default_cache_dir, parse_size
 from volume.config import VolumeConfig
 
 MOUNT_START_TIMEOUT_S = 60.0  # the background mount: connecting to the region, then mounting
@@ -108,9 +110,7 @@ def mount(
     run(_serve(cfg, name, mountpoint, read_only, window, policy, cache))
 
 
-def _cache(cache_dir: Path | None, cache_size: str | None) -> object:
-    from objstore.cache import DEFAULT_CACHE_BYTES, BlockCache, default_cache_dir, parse_size
-
+def _cache(cache_dir: Path | None, cache_size: str | None) -> BlockCache:
     try:
         size = DEFAULT_CACHE_BYTES if cache_size is None else parse_size(cache_size)
     except ValueError as exc:
@@ -125,7 +125,7 @@ async def _serve(
     read_only: bool,
     window: float | None,
     policy: StalePolicy | None,
-    cache: object,
+    cache: BlockCache | None,
 ) -> None:
     from fallback.mount import MountOperations, MountOptions, mount_options, serve
 
@@ -136,9 +136,7 @@ async def _serve(
         cfg, region, uid=uid, gid=uid, window_s=window, policy=policy
     ) as fs:
         if cache is not None:
-            from fallback.cached_blocks import use_cache
-
-            use_cache(fs, cache)  # type: ignore[arg-type]
+            use_cache(fs, cache)
         if region == SOURCE:
             attr_timeout = SOURCE_ATTR_TIMEOUT_S
         else:
@@ -150,6 +148,9 @@ async def _serve(
             await serve(ops, mountpoint, mount_options(fsname=fsname, read_only=read_only))
         except RuntimeError as exc:  # pyfuse3.init: the kernel refused the mount
             fail(f"could not mount {mountpoint}: {exc}")
+        finally:
+            if cache is not None:
+                cache.close()
 
 
 def _default_log(mountpoint: Path) -> Path:
