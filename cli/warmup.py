@@ -57,6 +57,7 @@ def warmup(
     """Read files through the local block cache so a later model load is served from it.
 
     Prints how many blocks were fetched from the region and how many were already cached.
+    (`mirror warmup` is another thing: it has a region copy blocks into its own bucket.)
     """
     try:
         size = DEFAULT_CACHE_BYTES if cache_size is None else parse_size(cache_size)

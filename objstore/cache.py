@@ -106,7 +106,8 @@ class CacheRead:
 
 class BlockCache:
     """Blocks by key in memory (`memory_bytes`, 0 = off) and in `disk_dir` (`disk_bytes`;
-    None or 0 = no disk tier). One instance per process and directory; `close()` it."""
+    None or 0 = no disk tier). Instances on one directory, in one process or several, share
+    it safely; `close()` each."""
 
     def __init__(
         self,

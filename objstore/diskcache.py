@@ -57,6 +57,7 @@ class DiskTier:
         self.ledger_bytes = 0  # the ledger when this process last read it
         self._lock = threading.Lock()  # flock does not exclude threads sharing one fd
         self._fd = -1
+        self._pid = os.getpid()
 
     def path(self, key: str) -> Path:
         """Where `key` lives: a block key under its own two hash levels, another key under
@@ -98,10 +99,9 @@ class DiskTier:
         path = self.path(key)
         header = b"%s %d %s %s\n" % (_MAGIC, len(data), recorded.encode(), key.encode())
         size = len(header) + len(data)
-        reserved = self._reserve(path, size)
-        if reserved is None:
-            return 0  # another process wrote it first
-        tmp, evicted = reserved
+        tmp, evicted = self._reserve(path, size)
+        if tmp is None:
+            return evicted  # another process wrote it first, or no room: not kept this time
         try:
             with open(tmp, "r+b") as f:
                 f.write(header)
@@ -131,16 +131,21 @@ class DiskTier:
 
     # -- under the lock ------------------------------------------------------------------------
 
-    def _reserve(self, path: Path, size: int) -> tuple[Path, int] | None:
+    def _reserve(self, path: Path, size: int) -> tuple[Path | None, int]:
         """Room for `size` bytes in the ledger (scanning and evicting if it is short) and a
-        temporary file already that long; (it, files evicted), or None if `path` exists."""
+        temporary file already that long; (it, files evicted). No file if `path` exists or
+        there is no room to be had (other writers' temporary files hold it)."""
         with self._locked() as fd:
             if path.exists():
-                return None
+                return None, 0
             total = _ledger_read(fd)
             evicted = 0
             if total + size > self.bound_bytes:
                 total, evicted = self._evict(int(self.bound_bytes * LOW_WATER) - size)
+                if total + size > self.bound_bytes:  # the room is other writers' right now
+                    _ledger_write(fd, total)
+                    self.ledger_bytes = total
+                    return None, evicted
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.parent / f"{_TMP_PREFIX}{os.getpid()}-{os.urandom(6).hex()}"
             with open(tmp, "xb") as f:
@@ -206,6 +211,10 @@ class DiskTier:
                 fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _open(self) -> int:
+        if self._fd >= 0 and self._pid != os.getpid():
+            # A forked child shares the parent's open file, so their flocks would not
+            # exclude each other: the child opens its own (the inherited one is left alone).
+            self._fd, self._pid = -1, os.getpid()
         if self._fd < 0:
             self.root.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.root / LEDGER, os.O_RDWR | os.O_CREAT, 0o644)

@@ -6,6 +6,7 @@ Real files and real processes; the full disk is a real tmpfs (root only, as in C
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import random
@@ -129,15 +130,15 @@ from pathlib import Path
 from objstore.cache import BlockCache
 from objstore.keys import block_key
 
-root, bound, seed = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-BLOCK = 64 * 1024
+root, bound, seed, BLOCK = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 
 def content(i):
     return random.Random(i).randbytes(BLOCK)
 
+
 async def main():
     cache = BlockCache(memory_bytes=0, disk_dir=root, disk_bytes=bound)
-    order = list(range(40)) * 3
+    order = list(range(100)) * 4
     random.Random(seed).shuffle(order)
     wrong, ledger_max = 0, 0
     for i in order:
@@ -152,16 +153,19 @@ asyncio.run(main())
 """
 
 
-def test_two_processes_share_a_directory_within_its_bound(tmp_path: Path) -> None:
+def test_processes_share_a_directory_within_its_bound(tmp_path: Path) -> None:
+    """Four processes, small blocks (so the ledger's updates collide often), a bound of a
+    quarter of the blocks they read."""
     root = tmp_path / "shared"
-    bound = 12 * BLOCK
+    block = 4 * KiB
+    bound = 25 * block
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(root), str(bound), str(seed)],
+            [sys.executable, "-c", CHILD, str(root), str(bound), str(seed), str(block)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        for seed in (1, 2)
+        for seed in (1, 2, 3, 4)
     ]
     results = []
     for proc in procs:
@@ -176,6 +180,27 @@ def test_two_processes_share_a_directory_within_its_bound(tmp_path: Path) -> Non
     ledger = int.from_bytes((root / LEDGER).read_bytes(), "little")
     assert ledger >= dir_bytes(root), "the ledger never under-counts"
     assert not [p for p in cache_files(root) if p.name.startswith(".tmp-")]
+
+
+async def test_a_write_waits_for_another_holder_of_the_directory_lock(tmp_path: Path) -> None:
+    """What keeps processes from both spending the same room: the ledger's flock (taken here
+    on a descriptor of the test's own, as another process would hold it)."""
+    root = tmp_path / "cache"
+    cache = BlockCache(memory_bytes=0, disk_dir=root, disk_bytes=100 * BLOCK)
+    cache.prepare_disk()
+    fd = os.open(root / LEDGER, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        get = asyncio.create_task(cache.get(key(1), Fetcher()(1)))
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(get), 0.5)
+        assert not cache.disk.path(key(1)).exists()  # type: ignore[union-attr]
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        assert await asyncio.wait_for(get, 10) == content(1)
+        assert cache.disk.path(key(1)).exists()  # type: ignore[union-attr]
+    finally:
+        os.close(fd)
+        cache.close()
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "header"])
