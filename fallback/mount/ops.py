@@ -259,7 +259,7 @@ class MountOperations(pyfuse3.Operations):
         # A bucket has no fixed size: report a large, mostly free one (as s3fs does).
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = BLOCK_SIZE
-        s.f_blocks = s.f_bfree = s.f_bavail = 2**40 // BLOCK_SIZE * 1024  # 1 EiB
+        s.f_blocks = s.f_bfree = s.f_bavail = 2**50 // BLOCK_SIZE  # 1 PiB
         s.f_files = s.f_ffree = s.f_favail = 2**32
         s.f_namemax = NAME_MAX
         return s

@@ -146,3 +146,20 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except OSError:
         return False
+
+
+async def test_a_new_open_sees_a_new_version_as_soon_as_the_replica_has_it(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """Even inside a long window: the kernel's entry still names the old version's node, whose
+    open is refused with ESTALE, and the kernel's retry looks the name up again."""
+    old, new = os.urandom(2 * MiB), os.urandom(3 * MiB + 5)
+    async with mounted_mirror(tmp_path, pg_dsn, "--window", "60", "--no-cache") as (s, mount):
+        await s.region.wait_applied(await s.put("/n/f", old))
+        path = mount.path / "n" / "f"
+        assert path.read_bytes() == old
+        with open(path, "rb") as held:
+            await s.region.wait_applied(await s.put("/n/f", new))
+            assert path.read_bytes() == new  # no wait: the open itself found the new one
+            assert held.read() == old
+            assert os.fstat(held.fileno()).st_size == len(old)

@@ -19,7 +19,10 @@ from pathlib import Path
 import pytest
 
 from cli.connect import open_client
-from tests.mount.mounts import mounted_mirror
+from fallback import FsClient
+from tests.changelog.cluster import SourceCluster
+from tests.mount.mounts import mounted_at, mounted_mirror
+from volume.config import load_config
 
 MiB = 1024 * 1024
 
@@ -125,3 +128,15 @@ async def test_a_file_unlinked_while_open_for_writing_stays_gone(
         assert await s.writer.cat("/b") == b"a"
         done = subprocess.run(["cat", str(mount.path / "b")], capture_output=True, check=True)
         assert done.stdout == b"a"
+
+
+async def test_the_source_region_mounts_too(tmp_path: Path) -> None:
+    async with SourceCluster.running(tmp_path / "vol", nodes=1) as cluster:
+        where, log = tmp_path / "mnt", tmp_path / "mount.log"
+        with mounted_at(cluster.config_path, where, "--no-cache", log=log) as mount:
+            (mount.path / "notes").mkdir()
+            (mount.path / "notes" / "a.txt").write_bytes(b"at the source")
+            async with await FsClient.for_source(load_config(cluster.config_path)) as fs:
+                assert await fs.cat("/notes/a.txt") == b"at the source"
+                await fs.write_file("/notes/b.txt", b"from a client")
+            assert (mount.path / "notes" / "b.txt").read_bytes() == b"from a client"
