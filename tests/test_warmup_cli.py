@@ -1,9 +1,10 @@
-"""`mirrorfs warmup` through the real CLI on a real source region.
+"""`mirrorfs warmup` through the real CLI on a real source region, and on a mirror region.
 
 Claims checked: after a warmup of a directory, the cache directory holds every block of its
 files, and a client reading through that cache afterwards asks the region for none of them; a
 second warmup fetches nothing; a bad size, an unknown path or region and an unusable cache
-directory are one-line errors with a non-zero exit, before anything is read.
+directory are one-line errors with a non-zero exit, before anything is read; through a mirror,
+the warmup's cache counts reach the region's status document.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from objstore.cache import BlockCache
 from objstore.diskcache import LEDGER
 from objstore.keys import block_sizes
 from tests.changelog.cluster import SourceCluster
+from tests.fallback.test_mirror_reads import paused_region
 from tests.test_cli import mfs
 from tests.test_cli_files import assert_clean_error
 
@@ -75,3 +77,23 @@ async def test_warmup_fills_the_cache_a_later_read_is_served_from(tmp_path: Path
         assert_clean_error(broken, f"cache directory {unusable}: Not a directory".encode())
         for proc in (bad, missing, region, broken):
             assert len(proc.stderr.strip().splitlines()) <= 2, proc.stderr  # error (+ hint)
+
+
+async def test_warmup_through_a_mirror_region_reports_to_the_region(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """Through a mirror (copying paused): the blocks come by fallback, land in the cache, and
+    the warmup's cache counts reach the region's status document."""
+    cache_dir = tmp_path / "cache"
+    async with paused_region(tmp_path, pg_dsn) as s:
+        data = os.urandom(5 * MiB)
+        await s.region.wait_applied(await s.put("/m/w.bin", data))
+        cfg = s.cluster.config_path
+        out = mfs("warmup", "--region", "eu", "--cache", str(cache_dir), "/m", config=cfg)
+        assert b"1 file(s), 5242880 bytes: 2 block(s) fetched" in out.stdout, out.stdout
+        again = mfs("warmup", "--region", "eu", "--cache", str(cache_dir), "/m", config=cfg)
+        assert b": 0 block(s) fetched (0 bytes), 2 already cached" in again.stdout, again.stdout
+        status = await s.region.status()
+        assert (status["cache_misses"], status["cache_hits"]) == (2, 2), status
+        assert status["cache_miss_bytes"] == status["cache_hit_bytes"] == len(data)
+        assert status["fallback_reads"] == 2
