@@ -2,7 +2,8 @@
 a real source cluster, a real region daemon (copying paused), its PostgreSQL and buckets.
 
 Claims checked: the second read of a file (a new client, a new cache on the same directory:
-as a restarted mount) is served from the disk cache, asking neither bucket anything; a
+as a restarted mount) is served from the disk cache, asking neither bucket anything, and its
+hits reach the region while the client is still open; a
 corrupt cache file is detected, the block fetched again through the region and the file's
 bytes are right; the cache counts reach the region's status document when the client closes.
 """
@@ -20,6 +21,7 @@ from objstore.diskcache import LEDGER
 from objstore.faults import FaultLayer, FaultPlan
 from objstore.keys import block_sizes
 from tests.fallback.test_mirror_reads import paused_region, read_all
+from tests.mirror.volume import wait_until
 from volume.inode import BLOCK_SIZE
 
 
@@ -73,6 +75,13 @@ async def test_a_second_read_is_served_from_the_cache_and_counted_by_the_region(
             )
             assert c.cache_hit_bytes == len(data) + 2 * BLOCK_SIZE
             assert mirror.calls == {} and source.calls == {}
+
+            # While the client is open (a mount), its hits reach the region on the flush timer,
+            # though its region blocks were never asked (their timer starts on their first get).
+            async def reported() -> bool:
+                return bool((await s.region.status())["cache_hits"] == n + 2)
+
+            await wait_until("an open client of cache hits only reports them", reported, 20)
 
             # 3. A corrupt cache file: detected, fetched again through the region, bytes right.
             path = next(p for p in cache_dir.rglob("*") if p.is_file() and p.name != LEDGER)
