@@ -5,8 +5,8 @@ command that reproduces it; printed and written as markdown to DIR/bench.md.
     python -m scenarios.bench [--quick] [--only NAME ...] [--out DIR]
     mirrorfs bench ...            (the same)
 
-Suites (NAME): objstore, replication, mirror, client (the benchmarks beside this module, each
-run as its own process; a figure's load is the stretch of that run since the previous figure
+Suites (NAME): objstore, replication, mirror, client, mount (the benchmarks beside this module,
+each run as its own process; a figure's load is the stretch of that run since the previous figure
 was printed, or the previous figure's stretch when both were printed together) and filer_sync
 (mirrorfs beside SeaweedFS filer.sync, in this process; a figure's load is each of its rounds).
 Where the budget states an absolute figure and no baseline can be measured (lag in ms,
@@ -190,6 +190,33 @@ SUITES: dict[str, tuple[str, list[str], list[str], list[Pattern]]] = {
                 "the file's size",
                 1.0,
                 "<= 1.25",
+            ),
+        ],
+    ),
+    "mount": (
+        "scenarios.bench_mount",
+        [],
+        ["--quick"],
+        [
+            Pattern(
+                r"^(?P<state>cold|copied|cached) (?P<tool>fio|cat): mount\s+(?P<v>[\d.]+) MiB/s"
+                r"\s+(?P<base>raw GET source bucket|raw GET mirror bucket|local file)"
+                r"\s+(?P<b>[\d.]+) MiB/s",
+                "sequential read through the mount, {state}, {tool}",
+                "MiB/s",
+                "v",
+                "{base}",
+                "b",
+                ">= 0.80",
+            ),
+            Pattern(
+                r"^safetensors load (?P<state>copied|cached): mount\s+(?P<v>[\d.]+) s"
+                r"\s+local disk\s+(?P<b>[\d.]+) s",
+                "safetensors load (safe_open, every tensor) through the mount, {state}",
+                "s",
+                "v",
+                "the same file on local disk",
+                "b",
             ),
         ],
     ),
