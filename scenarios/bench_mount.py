@@ -19,9 +19,12 @@ blocks are. Raw GETs are aiobotocore `get_object` of the file's block keys (from
 with RAW_INFLIGHT in flight, bytes dropped, no checksum; the mount verifies every block.
 
     python -m scenarios.bench_mount [--quick | --size 1GiB] [--workdir DIR] [--profile DIR]
+        [--read-ahead-kb KB]
 
-`--profile DIR` records each measured mount read with `py-spy record` (flame graphs in DIR);
-sampling costs CPU on a small machine, so profiled figures are not the benchmark's.
+`--read-ahead-kb` raises each mount's kernel readahead (a tuning experiment; see the report).
+`--profile DIR` records the mount and the region daemon during each measured read with `py-spy
+record` (collapsed stacks, DIR/STATE-TOOL-PROCESS.txt); sampling costs CPU on a small machine,
+so profiled figures are not the benchmark's.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from aiobotocore.session import get_session
 from cli.mount import mounted
 from fallback import FsClient
 from mirror import CopyQueue, Database, open_database
+from mirror.embedded import postmaster_pid
 from objstore.cache import parse_size
 from objstore.keys import block_key
 from scenarios.bench_load import LoadMeter
@@ -71,6 +75,7 @@ MOUNT_TIMEOUT_S = 60.0
 COPY_TIMEOUT_S = 600.0
 TENSOR_BYTES = 16 * MIB  # a model shard's tensors are tens of MiB; 64 of them make 1 GiB
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+SELF = "benchmark process (alone)"
 MIRRORFS = [sys.executable, "-m", "cli"]
 # The issue's job: sequential 1 MiB reads, psync, buffered, of the existing file.
 FIO_JOB = ["fio", "--name=seq", "--rw=read", "--bs=1M", "--ioengine=psync", "--direct=0"]
@@ -133,36 +138,63 @@ class MountProcess:
 
 
 @contextlib.contextmanager
-def mount_of(config: Path, where: Path, args: list[str], log: Path) -> Iterator[MountProcess]:
+def mount_of(
+    config: Path, where: Path, args: list[str], log: Path, read_ahead_kb: int | None
+) -> Iterator[MountProcess]:
     m = MountProcess(config, where, args, log)
     try:
-        yield m.start()
+        m.start()
+        if read_ahead_kb is not None:
+            set_read_ahead_kb(where, read_ahead_kb)
+        yield m
     finally:
         m.stop()
 
 
+def set_read_ahead_kb(where: Path, kb: int) -> None:
+    """The kernel's readahead for the mount at `where` (its bdi, as `blockdev --setra` for a
+    disk; root only). FUSE starts every mount at the kernel's 128 KiB and lets the init reply
+    only lower it, so a larger window is set from outside, after mounting."""
+    target = os.path.realpath(where)
+    with open("/proc/self/mountinfo") as f:
+        devs = [line.split()[2] for line in f if line.split()[4] == target]
+    if not devs:
+        raise RuntimeError(f"{where} is not a mount point")
+    Path(f"/sys/class/bdi/{devs[-1]}/read_ahead_kb").write_text(f"{kb}\n")
+
+
 @contextlib.contextmanager
-def profiled(pid: int, out: Path | None) -> Iterator[None]:
-    """py-spy record of `pid` for the block's duration, when `out` is set."""
+def profiled(pids: dict[str, int], out: Path | None) -> Iterator[None]:
+    """py-spy record of each process for the block's duration, when `out` is set: collapsed
+    stacks in out/TAG-LABEL.txt (`--format raw`: greppable, what flamegraph.pl and speedscope
+    take), sampled without pausing the process."""
     if out is None:
         yield
         return
     out.parent.mkdir(parents=True, exist_ok=True)
-    spy = subprocess.Popen(
-        ["py-spy", "record", "--pid", str(pid), "--output", str(out), "--rate", "50"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    spies = []
+    for label, pid in pids.items():
+        dest = out.with_name(f"{out.name}-{label.replace(' ', '-')}.txt")
+        cmd = ["py-spy", "record", "--pid", str(pid), "--output", str(dest), "--format", "raw"]
+        spies.append(
+            subprocess.Popen(
+                [*cmd, "--rate", "100", "--nonblocking"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
     try:
         time.sleep(1.0)  # py-spy attaches before the read starts
         yield
     finally:
-        spy.send_signal(signal.SIGINT)  # py-spy writes the flame graph on SIGINT
-        try:
-            spy.wait(60)
-        except subprocess.TimeoutExpired:
-            spy.kill()
-            spy.wait()
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        for spy in spies:
+            try:
+                spy.wait(60)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                spy.wait()
 
 
 def fio_mib_s(path: Path, size: int) -> float:
@@ -239,6 +271,7 @@ class Bench:
         self.regions, self.src, self.dst = regions, src, dst
         self.workdir: Path = args.workdir
         self.profile: Path | None = args.profile
+        self.read_ahead_kb: int | None = args.read_ahead_kb
         self.s3: dict[str, Any] = {}
         self.mounts = 0
         self.dropped = False
@@ -322,7 +355,7 @@ class Bench:
         self.mounts += 1
         where = self.workdir / f"mnt{self.mounts}"
         log = self.workdir / f"mount{self.mounts}.log"
-        return mount_of(self.regions.config_path, where, list(args), log)
+        return mount_of(self.regions.config_path, where, list(args), log, self.read_ahead_kb)
 
     def through_mount(self, tag: str, f: File, tool: str, *args: str) -> tuple[float, str]:
         """`tool` ("fio", "cat" or "safetensors") on `f` in a new mount after dropping the
@@ -330,10 +363,10 @@ class Bench:
         with self.mount(*args) as m:
             path = m.path / f.path.lstrip("/")
             self.dropped = drop_caches()
-            svg = None if self.profile is None else self.profile / f"{tag}-{tool}.svg"
+            stacks = None if self.profile is None else self.profile / f"{tag}-{tool}"
             with (
-                LoadMeter({"mount": m.pid, "weed": self._weed_pid()}) as meter,
-                profiled(m.pid, svg),
+                LoadMeter(self._pids(m.pid), flat=frozenset({SELF})) as meter,
+                profiled(self._profiled_pids(m.pid), stacks),
             ):
                 value = run_tool(tool, path, f.size)
         return value, meter.load.line()
@@ -351,9 +384,25 @@ class Bench:
                 if digest != f.sha256:
                     raise RuntimeError(f"{f.path}: wrong bytes through the mount")
 
-    def _weed_pid(self) -> int:
-        assert self.src.proc is not None
-        return self.src.proc.pid
+    def _profiled_pids(self, mount_pid: int) -> dict[str, int]:
+        daemon = self.regions.daemon
+        return {"mount": mount_pid} | ({} if daemon is None else {"mirror run": daemon.pid})
+
+    def _pids(self, mount_pid: int) -> dict[str, int]:
+        """Every process of the topology, so a slow read shows who was busy meanwhile."""
+        out = {"mount": mount_pid, SELF: os.getpid()}
+        for label, proc in (
+            ("weed source", self.src.proc),
+            ("weed mirror", self.dst.proc),
+            ("mirror run", self.regions.daemon),
+            *((f"source node {i}", p) for i, p in self.regions.nodes.items()),
+        ):
+            if proc is not None:
+                out[label] = proc.pid
+        pg = postmaster_pid(self.regions.pg_dir)
+        if pg is not None:
+            out["postgres"] = pg
+        return out
 
 
 def run_tool(tool: str, path: Path, size: int) -> float:
@@ -436,7 +485,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default=None, help=f"file size (default {FULL_SIZE})")
     p.add_argument("--quick", action="store_true", help=f"files of {QUICK_SIZE}")
     p.add_argument("--workdir", type=Path, default=None, help="scratch directory (removed)")
-    p.add_argument("--profile", type=Path, default=None, help="py-spy flame graphs here")
+    p.add_argument("--profile", type=Path, default=None, help="py-spy stacks of the mount here")
+    p.add_argument(
+        "--read-ahead-kb",
+        type=int,
+        default=None,
+        help="set each mount's kernel readahead (root; default: the kernel's, 128)",
+    )
     return p
 
 
