@@ -277,11 +277,11 @@ class Replicator:
             if self._paused:
                 self.status.state = ReplicatorState.PAUSED
                 await self._release(self._drain_local())
-                await self._sleep(PAUSE_CHECK_INTERVAL_S)
+                await self._rest(PAUSE_CHECK_INTERVAL_S, stop)
                 continue
             if now < self._hold_until:
                 self.status.state = ReplicatorState.HOLDING
-                await self._sleep(self._hold_until - now)
+                await self._rest(self._hold_until - now, stop)
                 continue
             self.status.hold_reason = None
             self._wake.clear()
@@ -307,6 +307,14 @@ class Replicator:
                 await self._sleep(self.poll_interval_s)
                 self._drained = False
         await self._release(self._drain_local())
+
+    async def _rest(self, timeout_s: float, stop: asyncio.Event) -> None:
+        """Sleep while paused or holding, woken early by a notification or stop. The wake is
+        cleared first: left set by an earlier notification, the sleep returned at once and
+        the loop spun a core for as long as the pause lasted."""
+        self._wake.clear()
+        if not stop.is_set():
+            await self._sleep(timeout_s)
 
     async def _sleep(self, timeout_s: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -442,3 +442,24 @@ async def test_bandwidth_cap_is_shared_by_all_takers() -> None:
     assert time.monotonic() - start >= 0.49
     with pytest.raises(ValueError):
         TokenBucket(0)
+
+
+async def test_a_paused_replicator_sleeps(
+    db: Database, source: ObjectStore, mirror: ObjectStore
+) -> None:
+    """Regression: the paused branch slept on a wake event it never cleared, so after the first
+    notification (the pause's own) it spun, a whole core for as long as the pause lasted."""
+    queue = CopyQueue(db)
+    rep = Replicator(db, source, mirror, ReplicatorConfig(concurrency=4))
+    async with running(rep):
+        await queue.set_paused(True)
+        await wait_until("the replicator reports paused", lambda: _state(rep, "paused"))
+        rep._wake.set()  # a notification while paused (a new block, a retry, the pause itself)
+        cpu = time.process_time()
+        await asyncio.sleep(2.0)  # a bounded look at what the paused loop costs
+        assert time.process_time() - cpu < 0.5, "the paused replicator spins"
+        await queue.set_paused(False)
+
+
+async def _state(rep: Replicator, state: str) -> bool:
+    return str(rep.status.state) == state
