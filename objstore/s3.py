@@ -155,6 +155,13 @@ class S3Store:
                     connect_timeout=DEFAULT_CONNECT_TIMEOUT_S,
                     read_timeout=DEFAULT_READ_TIMEOUT_S,
                     s3={"addressing_style": "path"} if self.endpoint else {},
+                    # botocore's flexible checksums (a CRC32 on every PUT and every GET's
+                    # response) only when an operation requires one: every block is checked
+                    # against its recorded xxh3 by whoever reads it (fallback/reader.py, the
+                    # copier), and the CRC pass was a third of a copied read's CPU
+                    # (docs/benchmarks/2026-12-02-mount.md).
+                    request_checksum_calculation="when_required",
+                    response_checksum_validation="when_required",
                 )
                 stack = contextlib.AsyncExitStack()
                 self._client = await stack.enter_async_context(
