@@ -118,7 +118,13 @@ async def test_page_shows_the_volume_and_follows_outages(
                 figures = await mirror_figures(
                     page,
                     name,
-                    ["applied_version", "lag_seconds", "blocks_pending", "blocks_failed"],
+                    [
+                        "applied_version",
+                        "lag_seconds",
+                        "blocks_pending",
+                        "blocks_failed",
+                        "cache_hits",
+                    ],
                 )
                 shown = {f: raw for f, (raw, _) in figures.items()}
                 after = await asyncio.to_thread(mirror_status, config, name)
@@ -126,6 +132,7 @@ async def test_page_shows_the_volume_and_follows_outages(
                 assert shown["applied_version"] <= after["applied_version"]
                 assert shown["blocks_pending"] == before["blocks_pending"] == 0
                 assert shown["blocks_failed"] == before["blocks_failed"] == 0
+                assert shown["cache_hits"] == before["cache_hits"]  # the mounts' local caches
                 assert 0 <= shown["lag_seconds"] < before["window_s"]
                 state = await page.get_attribute(card(name), "data-state")
                 assert state == before["state"] == "following"

@@ -324,6 +324,12 @@
       ["Retrying", up ? fmtInt(m.blocks_retrying) : DASH, "blocks_retrying", m.blocks_retrying,
         m.blocks_retrying ? "warn" : null, reasons(m.retrying_reasons)],
       ["In flight", up ? fmtInt(m.blocks_in_flight) : DASH, "blocks_in_flight", m.blocks_in_flight, null, null],
+      // The region's clients' and mounts' local block caches (summed, like the fallback reads).
+      ["Local cache hits", !up || !isNum(m.cache_hits) ? DASH
+        : `${fmtInt(m.cache_hits)} of ${fmtInt(m.cache_hits + (m.cache_misses || 0))}`,
+        "cache_hits", m.cache_hits, m.cache_corrupt ? "warn" : null,
+        isNum(m.cache_hit_bytes) ? h("div", { class: "muted" }, `${fmtBytes(m.cache_hit_bytes)} served` +
+          (m.cache_corrupt ? `, ${fmtInt(m.cache_corrupt)} corrupt copies re-fetched` : "")) : null],
       ["Replication", !up ? DASH : m.paused ? "paused" : (m.replicator_state || DASH), "replicator_state",
         m.replicator_state, m.paused || m.replicator_state === "holding" ? "warn" : null,
         m.replicator_hold_reason ? h("div", { class: "muted" }, m.replicator_hold_reason) : null],
