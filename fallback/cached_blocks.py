@@ -54,7 +54,7 @@ class CachedBlocks:
         when it closes."""
         if not self._reporting and isinstance(self.inner, FallbackBlocks):
             self._reporting = True
-            self.inner._start_flusher()
+            self.inner.start_reporting()
 
     async def aclose(self) -> None:
         await self.inner.aclose()

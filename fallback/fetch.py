@@ -115,7 +115,7 @@ class FallbackBlocks:
 
     async def get(self, piece: Piece, state: str | None) -> bytes:
         assert piece.slice_id is not None
-        self._start_flusher()
+        self.start_reporting()
         corrupt = False
         recheck = True
         if state == COPIED:
@@ -268,7 +268,7 @@ class FallbackBlocks:
 
     # -- reporting to the region ---------------------------------------------------------------
 
-    def _start_flusher(self) -> None:
+    def start_reporting(self) -> None:
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush_loop())
 
