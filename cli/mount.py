@@ -23,9 +23,10 @@ from cli.client import default_region
 from cli.connect import SOURCE, open_client
 from cli.files import PolicyOpt, RegionOpt, WindowOpt
 from cli.runtime import config, fail, run
+from cli.warmup import CacheDirOpt, CacheSizeOpt, cache_bytes
 from fallback import StalePolicy
 from fallback.cached_blocks import use_cache
-from objstore.cache import DEFAULT_CACHE_BYTES, BlockCache, default_cache_dir, parse_size
+from objstore.cache import BlockCache, default_cache_dir
 from volume.config import VolumeConfig
 
 MOUNT_START_TIMEOUT_S = 60.0  # the background mount: connecting to the region, then mounting
@@ -72,18 +73,8 @@ def mount(
     read_only: Annotated[bool, typer.Option("--read-only", help="Refuse every write")] = False,
     window: WindowOpt = None,
     policy: PolicyOpt = None,
-    cache_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--cache-dir",
-            help="Local block cache, shared by this host's mounts and clients "
-            "(default $MIRRORFS_CACHE_DIR, else ~/.cache/mirrorfs/blocks)",
-        ),
-    ] = None,
-    cache_size: Annotated[
-        str | None,
-        typer.Option("--cache-size", help="Bound of the disk cache, e.g. 20GiB (default 10GiB)"),
-    ] = None,
+    cache_dir: CacheDirOpt = None,
+    cache_size: CacheSizeOpt = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="No local block cache")] = False,
     foreground: Annotated[
         bool, typer.Option("--foreground", "-f", help="Serve in this process until unmounted")
@@ -111,11 +102,7 @@ def mount(
 
 
 def _cache(cache_dir: Path | None, cache_size: str | None) -> BlockCache:
-    try:
-        size = DEFAULT_CACHE_BYTES if cache_size is None else parse_size(cache_size)
-    except ValueError as exc:
-        fail(f"--cache-size: {exc}")
-    return BlockCache(disk_dir=cache_dir or default_cache_dir(), disk_bytes=size)
+    return BlockCache(disk_dir=cache_dir or default_cache_dir(), disk_bytes=cache_bytes(cache_size))
 
 
 async def _serve(

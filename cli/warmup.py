@@ -25,6 +25,30 @@ from fallback.cached_blocks import use_cache
 from objstore.cache import DEFAULT_CACHE_BYTES, BlockCache, default_cache_dir, parse_size
 from volume.errors import ChangelogError, FsError
 
+# The local block cache's options, shared with `mirrorfs mount`.
+CacheDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir",
+        "--cache",
+        help="The local block cache, shared by the mounts and clients of this host "
+        "(default $MIRRORFS_CACHE_DIR, else $XDG_CACHE_HOME/mirrorfs/blocks, else "
+        "~/.cache/mirrorfs/blocks)",
+    ),
+]
+CacheSizeOpt = Annotated[
+    str | None,
+    typer.Option("--cache-size", help="Bound of the disk cache, e.g. 20GiB (default 10GiB)"),
+]
+
+
+def cache_bytes(cache_size: str | None) -> int:
+    """The --cache-size option in bytes; a bad size is the command's one-line error."""
+    try:
+        return DEFAULT_CACHE_BYTES if cache_size is None else parse_size(cache_size)
+    except ValueError as exc:
+        fail(f"--cache-size: {exc}")
+
 
 def register(app: typer.Typer) -> None:
     app.command("warmup")(warmup)
@@ -39,30 +63,15 @@ def warmup(
         ),
     ],
     region: RegionOpt = None,
-    cache_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--cache-dir",
-            "--cache",
-            help="The local block cache to fill, shared with mounts and clients of this host "
-            "(default $MIRRORFS_CACHE_DIR, else $XDG_CACHE_HOME/mirrorfs/blocks, else "
-            "~/.cache/mirrorfs/blocks)",
-        ),
-    ] = None,
-    cache_size: Annotated[
-        str | None,
-        typer.Option("--cache-size", help="Bound of the disk cache, e.g. 20GiB (default 10GiB)"),
-    ] = None,
+    cache_dir: CacheDirOpt = None,
+    cache_size: CacheSizeOpt = None,
 ) -> None:
     """Read files through the local block cache so a later model load is served from it.
 
     Prints how many blocks were fetched from the region and how many were already cached.
     (`mirror warmup` is another thing: it has a region copy blocks into its own bucket.)
     """
-    try:
-        size = DEFAULT_CACHE_BYTES if cache_size is None else parse_size(cache_size)
-    except ValueError as exc:
-        fail(f"--cache-size: {exc}")
+    size = cache_bytes(cache_size)
     if size <= 0:
         fail("--cache-size: must be more than 0 bytes for a warmup to keep anything")
     cfg = config(ctx)
