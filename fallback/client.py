@@ -13,7 +13,7 @@ import contextlib
 import errno
 import io
 import os
-from collections.abc import AsyncIterator, Awaitable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, BinaryIO
 
 from fallback.blocks import BlockSource, SourceBlocks
@@ -212,13 +212,18 @@ class FsClient:
         """Bytes [offset, offset+length) of a resolved file (its chunk maps must cover them)."""
         want = file.inode.size - offset if length is None else length
         pieces = plan_reads(file, offset, want)
+        return iter_pieces(self.block_fetcher(file), pieces, readahead=DEFAULT_READAHEAD)
+
+    def block_fetcher(self, file: FileVersion) -> Callable[[Piece], Coroutine[Any, Any, bytes]]:
+        """piece -> its whole verified block, from this region's BlockSource with the state
+        the view read with the file (streams above, the mount's block windows)."""
         states = file.blocks
 
         def fetch(piece: Piece) -> Coroutine[Any, Any, bytes]:
             state = None if states is None else states.get((piece.slice_id or 0, piece.index))
             return self.blocks.get(piece, state)
 
-        return iter_pieces(fetch, pieces, readahead=DEFAULT_READAHEAD)
+        return fetch
 
     async def read(
         self,

@@ -39,7 +39,6 @@ from fallback.client import FsClient, Identity
 from fallback.mount.buffers import WriteBuffer
 from fallback.mount.nodes import Node, NodeTable, content_of
 from fallback.mount.window import BlockWindow
-from fallback.reader import Piece
 from fallback.view import FileVersion
 from volume.inode import BLOCK_SIZE, Inode
 from volume.paths import join_path, split_path
@@ -371,16 +370,6 @@ class MountOperations(pyfuse3.Operations):
         self._next_fh += 1
         return fh
 
-    def _fetcher(self, file: FileVersion) -> Callable[[Piece], Coroutine[Any, Any, bytes]]:
-        states = file.blocks
-        blocks = self.fs.blocks
-
-        def fetch(piece: Piece) -> Coroutine[Any, Any, bytes]:
-            state = None if states is None else states.get((piece.slice_id or 0, piece.index))
-            return blocks.get(piece, state)
-
-        return fetch
-
     @_fuse_errors
     async def open(
         self, inode: pyfuse3.InodeT, flags: int, ctx: pyfuse3.RequestContext
@@ -420,7 +409,8 @@ class MountOperations(pyfuse3.Operations):
     async def _open_read(self, node: Node, path: str) -> pyfuse3.FileInfo:
         file, _ = await self.fs.resolve(path)
         self._check_current(node, file.inode)
-        window = BlockWindow(file, self._fetcher(file), readahead=self.options.readahead_blocks)
+        fetch = self.fs.block_fetcher(file)
+        window = BlockWindow(file, fetch, readahead=self.options.readahead_blocks)
         fh = self._new_fh()
         self._handles[fh] = ReadHandle(node, window)
         # A node's bytes never change (nodes.py), so its pages stay valid across opens.
