@@ -6,7 +6,13 @@ Imports nothing from the rest of the project.
 """
 
 from objstore.base import ObjectMeta, ObjectStore, StoreLayer, copy_object
-from objstore.errors import NotFoundError, RateLimitedError, StoreError, UnavailableError
+from objstore.errors import (
+    NotFoundError,
+    RateLimitedError,
+    StoreError,
+    UnavailableError,
+    UnsupportedError,
+)
 from objstore.limits import BandwidthLayer, ConcurrencyLayer, TokenBucket
 from objstore.registry import open_store
 
@@ -21,6 +27,7 @@ __all__ = [
     "StoreLayer",
     "TokenBucket",
     "UnavailableError",
+    "UnsupportedError",
     "copy_object",
     "open_store",
 ]

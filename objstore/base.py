@@ -40,6 +40,16 @@ class ObjectStore(Protocol):
         """Store the object whole; readers never see a partial object. Overwrite is allowed."""
         ...
 
+    async def copy_from(self, source: ObjectStore, meta: ObjectMeta) -> ObjectMeta:
+        """Have this store's server copy `meta.key` out of `source` itself (S3 CopyObject), the
+        bytes never passing through this process, and only while the source object still has
+        the etag `meta.etag`. Returns the new object's meta with the etag its server computed.
+
+        Raises UnsupportedError when the two buckets are not on one server that can do it, and
+        NotFoundError when the source object is gone (or no longer has that etag).
+        """
+        ...
+
     async def delete(self, key: str) -> None:
         """Deleting a missing key is not an error."""
         ...
@@ -73,6 +83,9 @@ class StoreLayer:
     async def put(self, key: str, data: bytes) -> ObjectMeta:
         return await self.inner.put(key, data)
 
+    async def copy_from(self, source: ObjectStore, meta: ObjectMeta) -> ObjectMeta:
+        return await self.inner.copy_from(source, meta)
+
     async def delete(self, key: str) -> None:
         await self.inner.delete(key)
 
@@ -84,6 +97,19 @@ class StoreLayer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.inner!r})"
+
+
+def backend_of(store: ObjectStore) -> ObjectStore:
+    """The backend under all of a store's layers (a server-side copy needs the source's bucket
+    and endpoint, which only the backend knows)."""
+    while isinstance(store, StoreLayer):
+        store = store.inner
+    return store
+
+
+def single_part_etag(etag: str) -> bool:
+    """An S3 etag that is the MD5 of the object's bytes (a multipart upload's ends in -N)."""
+    return len(etag) == 32 and all(c in "0123456789abcdef" for c in etag.lower())
 
 
 async def copy_object(src: ObjectStore, dst: ObjectStore, key: str) -> ObjectMeta:

@@ -56,5 +56,10 @@ class ChecksumError(StoreError):
     """An object's bytes do not match the checksum recorded for them."""
 
 
+class UnsupportedError(StoreError):
+    """The store cannot do this verb for these arguments (a server-side copy between buckets
+    that are not on one S3 endpoint). Callers take the general path instead."""
+
+
 class InvalidURLError(StoreError, ValueError):
     """A bucket URL that cannot be opened: unknown scheme, missing bucket name, bad parameter."""

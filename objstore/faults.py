@@ -56,6 +56,10 @@ class FaultLayer(StoreLayer):
         self._check("put")
         return await self.inner.put(key, data)
 
+    async def copy_from(self, source: ObjectStore, meta: ObjectMeta) -> ObjectMeta:
+        self._check("copy")
+        return await self.inner.copy_from(source, meta)
+
     async def delete(self, key: str) -> None:
         self._check("delete")
         await self.inner.delete(key)

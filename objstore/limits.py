@@ -81,6 +81,10 @@ class ConcurrencyLayer(StoreLayer):
         async with self._slots:
             return await self.inner.put(key, data)
 
+    async def copy_from(self, source: ObjectStore, meta: ObjectMeta) -> ObjectMeta:
+        async with self._slots:
+            return await self.inner.copy_from(source, meta)
+
     async def delete(self, key: str) -> None:
         async with self._slots:
             await self.inner.delete(key)

@@ -13,8 +13,8 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from objstore.base import ObjectMeta, clip_range
-from objstore.errors import InvalidURLError, NotFoundError, StoreError
+from objstore.base import ObjectMeta, ObjectStore, clip_range
+from objstore.errors import InvalidURLError, NotFoundError, StoreError, UnsupportedError
 
 TMP_PREFIX = ".tmp-"
 
@@ -102,6 +102,11 @@ class LocalStore:
                 os.close(fd)
         st = path.stat()
         return ObjectMeta(key, st.st_size, f"{st.st_mtime_ns:x}-{st.st_size:x}", st.st_mtime)
+
+    async def copy_from(self, source: ObjectStore, meta: ObjectMeta) -> ObjectMeta:
+        raise UnsupportedError(
+            "a file:// bucket has no server to copy for it", op="copy", key=meta.key, url=self.url
+        )
 
     async def delete(self, key: str) -> None:
         path = self._path(key, "delete")

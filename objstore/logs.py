@@ -57,6 +57,14 @@ class LoggingLayer(StoreLayer):
             self._failed("put", key, start, exc)
             raise
 
+    async def copy_from(self, source: ObjectStore, meta: ObjectMeta) -> ObjectMeta:
+        start = time.perf_counter()
+        try:
+            return await self.inner.copy_from(source, meta)
+        except Exception as exc:
+            self._failed("copy", meta.key, start, exc)
+            raise
+
     async def delete(self, key: str) -> None:
         start = time.perf_counter()
         try:

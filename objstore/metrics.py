@@ -100,6 +100,16 @@ class MetricsLayer(StoreLayer):
         self._done("put", start, None, len(data))
         return meta
 
+    async def copy_from(self, source: ObjectStore, meta: ObjectMeta) -> ObjectMeta:
+        start = time.perf_counter()
+        try:
+            copied = await self.inner.copy_from(source, meta)
+        except BaseException as exc:
+            self._done("copy", start, exc)
+            raise
+        self._done("copy", start, None, meta.size)
+        return copied
+
     async def delete(self, key: str) -> None:
         start = time.perf_counter()
         try:

@@ -90,6 +90,9 @@ class RetryLayer(StoreLayer):
     async def put(self, key: str, data: bytes) -> ObjectMeta:
         return await self._call(lambda: self.inner.put(key, data))
 
+    async def copy_from(self, source: ObjectStore, meta: ObjectMeta) -> ObjectMeta:
+        return await self._call(lambda: self.inner.copy_from(source, meta))
+
     async def delete(self, key: str) -> None:
         await self._call(lambda: self.inner.delete(key))
 

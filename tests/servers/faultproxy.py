@@ -124,6 +124,8 @@ class FaultProxy:
         self._down: DownMode | None = None
         # ("corrupt"|"truncate", at_byte, path prefix) per response, oldest first
         self._mangle: list[tuple[str, int, str]] = []
+        # (at_byte, path prefix) per request body, oldest first
+        self._mangle_requests: list[tuple[int, str]] = []
         self._seen = 0
         self._forwarded = 0
         self._errors = 0
@@ -227,6 +229,12 @@ class FaultProxy:
         (to requests whose path starts with `path_prefix`)."""
         with self._lock:
             self._mangle.extend([("corrupt", at_byte, path_prefix)] * n)
+
+    def corrupt_next_request(self, n: int, *, at_byte: int, path_prefix: str = "") -> None:
+        """Flip one bit of byte `at_byte` in the bodies of the next n requests with a body that
+        long (to paths starting with `path_prefix`): an upload damaged on the way."""
+        with self._lock:
+            self._mangle_requests.extend([(at_byte, path_prefix)] * n)
 
     def truncate_next(self, n: int, *, at_byte: int, path_prefix: str = "") -> None:
         """Cut the bodies of the next n successful responses after `at_byte` bytes, then drop
@@ -386,7 +394,25 @@ class FaultProxy:
             (k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP
         )
         target = URL(self.upstream + request.raw_path, encoded=True)
-        data = request.content if request.body_exists else None
+        data: object = request.content if request.body_exists else None
+        with self._lock:
+            damage = next(
+                (
+                    i
+                    for i, (at, prefix) in enumerate(self._mangle_requests)
+                    if request.path.startswith(prefix)
+                    and request.content_length is not None
+                    and request.content_length > at
+                ),
+                None,
+            )
+            if damage is not None:
+                at, _ = self._mangle_requests.pop(damage)
+                self._errors += 1
+        if damage is not None:
+            body = bytearray(await request.read())
+            body[at] ^= 0x01
+            data = bytes(body)
         try:
             async with session.request(
                 request.method, target, headers=headers, data=data, allow_redirects=False
