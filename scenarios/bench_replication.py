@@ -6,9 +6,11 @@ Starts two SeaweedFS servers (source region, mirror region) and one PostgreSQL, 
 - (a) p50/p90 of commit -> copied (so readable) in the mirror, with an idle replicator,
   beside p50/p90 of one direct aiobotocore GET+PUT of a same-size block, alternating rounds;
 - (b) MiB/s copying --blocks x 4 MiB source -> mirror: the replicator (with and without the
-  "already in the mirror?" check), plain aiobotocore GET+PUT with the same concurrency, and
+  "already in the mirror?" check), plain aiobotocore GET+PUT with the same concurrency (the
+  baseline: on the wire as S3Store talks; and with botocore's default signing and checksums),
   s5cmd (download to a tmpfs dir, then upload: s5cmd cannot copy between two endpoints);
-  plus, with both buckets on one server, s5cmd's server-side `cp 's3://a/*' s3://b/`.
+  plus, with both buckets on one server, the replicator by GET+PUT and with copy_mode server
+  (CopyObject, then a read-back to check xxh3), and s5cmd's server-side `cp 's3://a/*' s3://b/`.
 Rounds rotate the contenders so machine noise hits all alike; medians are printed, and each
 contender's median ratio to the aiobotocore run of the same round.
 
@@ -41,6 +43,7 @@ from mirror.replicate import Replicator, ReplicatorConfig
 from objstore import open_store
 from objstore.checksum import checksum
 from objstore.keys import block_key
+from objstore.s3 import crc32
 from tests.servers.postgres import PostgresServer, short_data_dir
 from tests.servers.seaweed import SeaweedServer
 
@@ -117,7 +120,14 @@ class Bench:
     # -- (b) bulk ---------------------------------------------------------------------------
 
     async def replicator_bulk(
-        self, src_bucket: str, first: int, n: int, check: bool, *, one_server: bool = False
+        self,
+        src_bucket: str,
+        first: int,
+        n: int,
+        check: bool,
+        *,
+        one_server: bool = False,
+        server_side: bool = False,
     ) -> float:
         dst_bucket = self.new_bucket(self.dst)
         src_server = self.dst if one_server else self.src
@@ -129,7 +139,9 @@ class Bench:
             self.db,
             source,
             mirror,
-            ReplicatorConfig(concurrency=self.concurrency, check_existing=check),
+            ReplicatorConfig(
+                concurrency=self.concurrency, check_existing=check, server_side=server_side
+            ),
         )
         stop = asyncio.Event()
         task = asyncio.create_task(rep.run(stop))
@@ -145,10 +157,20 @@ class Bench:
         self.dst.delete_bucket(dst_bucket)
         return n * 4 / secs
 
-    async def plain_bulk(self, src_bucket: str, keys: list[str]) -> float:
+    async def plain_bulk(self, src_bucket: str, keys: list[str], *, tuned: bool = True) -> float:
+        """GET+PUT with plain aiobotocore: `tuned`, as S3Store talks (no payload SHA-256, no
+        flexible checksums, a CRC32 header on each PUT), else botocore's defaults."""
         dst_bucket = self.new_bucket(self.dst)
         session = get_session()
-        config = AioConfig(retries={"total_max_attempts": 1}, max_pool_connections=64)
+        wire: dict[str, Any] = {
+            "s3": {"payload_signing_enabled": False},
+            "request_checksum_calculation": "when_required",
+            "response_checksum_validation": "when_required",
+        }
+        config = AioConfig(
+            retries={"total_max_attempts": 1}, max_pool_connections=64, **(wire if tuned else {})
+        )
+        extra: dict[str, Any] = {}
         async with (
             session.create_client(
                 "s3", endpoint_url=self.src.endpoint, region_name="us-east-1", config=config
@@ -162,7 +184,9 @@ class Bench:
                 resp = await s.get_object(Bucket=src_bucket, Key=key)
                 async with resp["Body"] as body:
                     data = await body.read()
-                await d.put_object(Bucket=dst_bucket, Key=key, Body=data)
+                if tuned:
+                    extra["ChecksumCRC32"] = crc32(data)
+                await d.put_object(Bucket=dst_bucket, Key=key, Body=data, **extra)
 
             secs = await run_parallel(keys, self.concurrency, copy)
         self.dst.delete_bucket(dst_bucket)
@@ -304,9 +328,15 @@ async def bench(
                     src_bucket, 1, blocks, False
                 ),
                 "aiobotocore GET+PUT": lambda: b.plain_bulk(src_bucket, keys),
+                "aiobotocore GET+PUT, botocore defaults": lambda: b.plain_bulk(
+                    src_bucket, keys, tuned=False
+                ),
                 "s5cmd via tmpfs": lambda: asyncio.to_thread(b.s5cmd_via_dir, src_bucket, blocks),
                 "replicator, one server": lambda: b.replicator_bulk(
                     same_bucket, 1, blocks, True, one_server=True
+                ),
+                "replicator, one server, copy_mode server": lambda: b.replicator_bulk(
+                    same_bucket, 1, blocks, True, one_server=True, server_side=True
                 ),
                 "s5cmd cp, one server (server-side)": lambda: asyncio.to_thread(
                     b.s5cmd_same_server, same_bucket, blocks

@@ -18,7 +18,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -115,6 +115,10 @@ class MirrorConfig(_Strict):
     copy_bandwidth_bytes_per_s: float = Field(
         default=0, ge=0, description="cap on the copier's source reads; 0: no cap"
     )
+    # "server": the mirror's endpoint copies each block out of the source bucket itself
+    # (CopyObject) and the copier reads it back to check it; for one S3 service across regions,
+    # with credentials that may read the source bucket. "client": GET + PUT through the copier.
+    copy_mode: Literal["client", "server"] = "client"
 
 
 class VolumeConfig(_Strict):
@@ -186,6 +190,7 @@ class VolumeConfig(_Strict):
             copy_concurrency=m.copy_concurrency,
             copy_bandwidth_bytes_per_s=m.copy_bandwidth_bytes_per_s,
             copy_writes=m.copy_writes,
+            copy_mode=m.copy_mode,
         )
 
 
@@ -209,6 +214,7 @@ class MirrorRegion:
     copy_concurrency: int = DEFAULT_COPY_CONCURRENCY
     copy_bandwidth_bytes_per_s: float = 0.0  # 0: no cap
     copy_writes: bool = False
+    copy_mode: str = "client"  # or "server" (see MirrorConfig.copy_mode)
 
     @property
     def embedded_pg_dir(self) -> Path:

@@ -3,10 +3,19 @@ every failure. Used by the replicator's copy tasks and by `verify --repair`.
 
 Blocks are immutable and keys never reused, so a copy is idempotent: copying twice (a lease
 taken over, a repair) writes the same bytes to the same key.
+
+With `server_side`, the mirror's endpoint copies the block out of the source bucket itself
+(CopyObject): the bytes never pass through this process, which then only reads the copy back
+inside the mirror region to check it against the recorded xxh3. An etag match proves only that
+the copy equals the source object, not that the source object holds the bytes the changelog
+recorded; a mismatch is deleted and the block copied the ordinary way, which tells a corrupt
+source (SOURCE_CORRUPT) from a torn read. An endpoint that cannot do it (it does not see the
+source bucket, may not read it) is asked once; then every copy goes through this process.
 """
 
 from __future__ import annotations
 
+import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from mirror.errors import MirrorError
@@ -19,8 +28,11 @@ from mirror.replicate.queue import (
     SOURCE_UNAVAILABLE,
     Claim,
 )
-from objstore import NotFoundError, ObjectStore, StoreError
+from objstore import NotFoundError, ObjectStore, StoreError, TokenBucket, UnsupportedError
+from objstore.base import single_part_etag
 from objstore.checksum import checksum
+
+log = structlog.get_logger(__name__)
 
 SOURCE_READ_ATTEMPTS = 3  # a checksum mismatch may be a torn read: read again before failing
 
@@ -43,9 +55,19 @@ class BlockCopier:
     """Copy one block source -> mirror with its checksum verified; errors come out as
     CopyError with the reason said. Shared by the replicator and `verify --repair`."""
 
-    def __init__(self, source: ObjectStore, mirror: ObjectStore) -> None:
+    def __init__(
+        self,
+        source: ObjectStore,
+        mirror: ObjectStore,
+        *,
+        server_side: bool = False,
+        meter: TokenBucket | None = None,
+    ) -> None:
         self.source = source
         self.mirror = mirror
+        self.server_side = server_side
+        self.meter = meter  # a server-side copy moves the bytes across the boundary too
+        self.server_copies = 0  # blocks copied by the mirror's endpoint and verified
 
     async def is_present(self, block: Claim) -> bool:
         """The mirror bucket holds the block with the right bytes. HEAD first: a miss (the
@@ -106,12 +128,46 @@ class BlockCopier:
         copied), True if copied. Idempotent. Raises CopyError."""
         if check_existing and await self.is_present(block):
             return False
+        if self.server_side and await self._server_copy(block):
+            self.server_copies += 1
+            return True
         data = await self.read_source(block)
         try:
             await self.mirror.put(block.key, data)
         except StoreError as exc:
             raise _mirror_error(exc, "PUT to") from exc
         return True
+
+    async def _server_copy(self, block: Claim) -> bool:
+        """Copy by CopyObject and verify the copy by reading it back. False: not done (cannot,
+        or the copy did not verify and was removed), copy through this process instead."""
+        try:
+            meta = await self.source.head(block.key)
+        except NotFoundError:
+            return False  # the ordinary path says SOURCE_MISSING, with its reason
+        except StoreError as exc:
+            reason = SOURCE_UNAVAILABLE if exc.temporary else SOURCE_ERROR
+            raise CopyError(reason, f"HEAD {block.key}: {exc}") from exc
+        if meta.size != block.size or not single_part_etag(meta.etag):
+            return False
+        if self.meter is not None:
+            await self.meter.take(block.size)
+        try:
+            copied = await self.mirror.copy_from(self.source, meta)
+            if copied.etag == meta.etag:
+                data = await self.mirror.get(block.key)
+                if len(data) == block.size and checksum(data) == block.checksum:
+                    return True
+            log.warning("copier.server_copy_mismatch", key=block.key, etag=meta.etag)
+            await self.mirror.delete(block.key)
+        except UnsupportedError as exc:
+            self.server_side = False
+            log.warning("copier.server_copy_unsupported", error=str(exc))
+        except NotFoundError:
+            pass  # gone or replaced since the HEAD: the ordinary path finds out which
+        except StoreError as exc:
+            raise _mirror_error(exc, "CopyObject in") from exc
+        return False
 
 
 def _mirror_error(exc: StoreError, what: str) -> CopyError:

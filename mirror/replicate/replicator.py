@@ -131,6 +131,7 @@ class ReplicatorConfig:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     retry_base_s: float = DEFAULT_RETRY_BASE_S
     check_existing: bool = True  # look in the mirror bucket before copying (see PresenceCheck)
+    server_side: bool = False  # the mirror's endpoint copies out of the source (see copier.py)
     poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
     worker_id: str | None = None  # None: host:pid:random
 
@@ -140,6 +141,7 @@ class ReplicatorConfig:
         base: dict[str, Any] = {
             "concurrency": region.copy_concurrency,
             "bandwidth_bytes_per_s": region.copy_bandwidth_bytes_per_s or None,
+            "server_side": region.copy_mode == "server",
         }
         return cls(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
 
@@ -192,9 +194,10 @@ class Replicator:
             max_attempts=config.max_attempts,
             retry_base_s=config.retry_base_s,
         )
-        if config.bandwidth_bytes_per_s:
-            source = BandwidthLayer(source, TokenBucket(config.bandwidth_bytes_per_s))
-        self.copier = BlockCopier(source, mirror)
+        meter = TokenBucket(config.bandwidth_bytes_per_s) if config.bandwidth_bytes_per_s else None
+        if meter is not None:
+            source = BandwidthLayer(source, meter)
+        self.copier = BlockCopier(source, mirror, server_side=config.server_side, meter=meter)
         self.concurrency = config.concurrency
         self.presence = PresenceCheck(config.check_existing)
         self.poll_interval_s = config.poll_interval_s
@@ -246,6 +249,8 @@ class Replicator:
             "copy_concurrency": self.concurrency,
             "blocks_copied_since_start": st.blocks_copied,
             "blocks_present_since_start": st.blocks_present,
+            "copy_server_side": self.copier.server_side,
+            "blocks_server_copied_since_start": self.copier.server_copies,
             "copy_failures_since_start": st.copy_failures,
             "replicator_hold_reason": st.hold_reason,
             "replicator_last_error": st.last_error,

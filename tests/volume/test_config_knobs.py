@@ -35,6 +35,7 @@ def volume_with_mirror(tmp_path: Path) -> Path:
         dsn="postgresql://eu:filepw@db/eu",
         copy_concurrency=4,
         copy_bandwidth_bytes_per_s=1e6,
+        copy_mode="server",
     )
     path = tmp_path / "mirrorfs.toml"
     write_config(cfg.model_copy(update={"mirrors": {"eu-west": eu}}), path)
@@ -68,8 +69,17 @@ def test_copier_knobs_reach_the_daemon_and_the_worker(tmp_path: Path) -> None:
     region = load_config(volume_with_mirror(tmp_path)).mirror_region("eu-west")
     daemon = ReplicatorConfig.of(region)
     assert (daemon.concurrency, daemon.bandwidth_bytes_per_s) == (4, 1e6)
+    assert daemon.server_side
     worker = ReplicatorConfig.of(region, concurrency=32, bandwidth_bytes_per_s=None)
     assert (worker.concurrency, worker.bandwidth_bytes_per_s) == (32, 1e6)
+    assert worker.server_side
+
+
+def test_an_unknown_copy_mode_is_refused_with_its_place(tmp_path: Path) -> None:
+    path = volume_with_mirror(tmp_path)
+    path.write_text(path.read_text().replace('copy_mode = "server"', 'copy_mode = "fast"'))
+    with pytest.raises(ConfigError, match="copy_mode"):
+        load_config(path)
 
 
 @pytest.mark.parametrize(
