@@ -66,6 +66,8 @@ DEFAULT_MAX_OPS_PER_REQUEST = 10_000
 # The source's default `upload_grace_s` (volume/config.py): uncommitted slice ids expire then.
 DEFAULT_UPLOAD_GRACE_S = 3600.0
 TEMP_PREFIX = ".mirrorfs-put-"
+TEMP_SCAN_FIRST_PAGE = 2
+TEMP_SCAN_PAGE = 100
 ALLOC_WHEN_SIZE_UNKNOWN = 16  # ids reserved at a time when the file's size is not knowable
 # Answers that prove a request was not applied; any other failure leaves its outcome unknown.
 _REFUSED_STATUSES = (400, 401, 403)
@@ -274,9 +276,13 @@ async def remove_stale_temps(
     removed = 0
     cutoff_ms = time.time() * 1000 - grace_s * 1000
     after = TEMP_PREFIX
+    # Temporary names sort together, from TEMP_PREFIX on; the first page is small because
+    # there are almost never any, and a page of 100 entries' attributes on every put was 13%
+    # of a small-file writer's CPU (and as much of the leader's) in a large directory.
+    limit = TEMP_SCAN_FIRST_PAGE
     try:
         while True:
-            _, rows = await view.readdir(directory, after=after, limit=100)
+            _, rows = await view.readdir(directory, after=after, limit=limit)
             temps = [(n, a) for n, a in rows if n.startswith(TEMP_PREFIX)]
             for name, attr in temps:
                 if attr.is_file and attr.mtime_ms < cutoff_ms:
@@ -284,9 +290,9 @@ async def remove_stale_temps(
                         await client.op("unlink", path=join_path(directory, name), uid=uid, gid=gid)
                         removed += 1
                         log.info("put.stale_temp_removed", path=join_path(directory, name))
-            if len(temps) < len(rows) or len(rows) < 100:
+            if len(temps) < len(rows) or len(rows) < limit:
                 return removed
-            after = rows[-1][0]
+            after, limit = rows[-1][0], TEMP_SCAN_PAGE
     except (ChangelogError, OSError) as exc:
         log.warning("put.stale_temp_scan_failed", directory=directory, error=str(exc))
         return removed

@@ -252,9 +252,11 @@ async def test_a_stale_temporary_file_is_removed_by_the_next_put_in_its_director
     put into that directory removes it once it is older than the grace; a fresh one stays."""
     async with vol.client(temp_grace_s=0.5) as fs:
         await fs.mkdir("/m")
-        stale = f"/m/{TEMP_PREFIX}0123456789abcdef-model.bin"
+        # More stale ones than the sweep's first page: the later pages are read too.
+        stale = [f"/m/{TEMP_PREFIX}0123456789abc{i:03d}-model.bin" for i in range(5)]
         fresh = f"/m/{TEMP_PREFIX}fedcba9876543210-other.bin"
-        await fs.put(io.BytesIO(b"abandoned"), stale)  # type: ignore[arg-type]
+        for path in stale:
+            await fs.put(io.BytesIO(b"abandoned"), path)  # type: ignore[arg-type]
         await asyncio.sleep(0.6)
         await fs.put(io.BytesIO(b"in flight"), fresh)  # type: ignore[arg-type]
         await fs.put(io.BytesIO(b"x"), "/m/next.bin")  # type: ignore[arg-type]
