@@ -17,6 +17,9 @@ import pytest
 from changelog.namespace import Namespace
 from mirror.db import Database
 from mirror.replica import Replica
+from objstore import ObjectStore, open_store
+from tests.mirror.volume import bucket_on
+from tests.servers.seaweed import SeaweedServer
 from volume.errors import FsError
 from volume.inode import CHUNK_SIZE, ROOT_INO, block_count
 from volume.records import MIRROR_ACK, MIRROR_REGISTER, TICK, Record, decode_payload, encode_payload
@@ -179,6 +182,23 @@ def batches(records: list[Record], rng: random.Random, max_size: int) -> list[li
         out.append(records[i : i + n])
         i += n
     return out
+
+
+@pytest.fixture
+async def source(s3_url: str) -> AsyncIterator[ObjectStore]:
+    """The source region's bucket (a test module may define its own `source`: a cluster)."""
+    store = await open_store(s3_url, name="source")
+    yield store
+    await store.aclose()
+
+
+@pytest.fixture
+async def mirror(seaweed: SeaweedServer) -> AsyncIterator[ObjectStore]:
+    """A mirror bucket on the source's own server (so its endpoint sees the source bucket)."""
+    with bucket_on(seaweed) as name:
+        store = await open_store(f"s3://{name}?endpoint={seaweed.endpoint}", name="mirror")
+        yield store
+        await store.aclose()
 
 
 @pytest.fixture

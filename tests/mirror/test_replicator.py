@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -47,21 +47,6 @@ from tests.servers.seaweed import SeaweedServer
 async def status_of(rep: Replicator) -> dict[str, object]:
     """The replicator's part of the region status: the table's counts and this process's view."""
     return {**(await rep.queue.stats()).as_dict(), **rep.process_status()}
-
-
-@pytest.fixture
-async def source(s3_url: str) -> AsyncIterator[ObjectStore]:
-    store = await open_store(s3_url, name="source")
-    yield store
-    await store.aclose()
-
-
-@pytest.fixture
-async def mirror(seaweed: SeaweedServer) -> AsyncIterator[ObjectStore]:
-    with bucket_on(seaweed) as name:
-        store = await open_store(f"s3://{name}?endpoint={seaweed.endpoint}", name="mirror")
-        yield store
-        await store.aclose()
 
 
 async def test_copies_every_block_to_its_own_key(

@@ -5,9 +5,7 @@ fails with its reason as in a client copy; an endpoint that cannot do it falls b
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-
-import pytest
+from collections.abc import Callable
 
 from mirror.db import Database
 from mirror.replicate.queue import SOURCE_CORRUPT, SOURCE_MISSING
@@ -30,22 +28,6 @@ from tests.mirror.volume import (
 from tests.servers.seaweed import SeaweedServer
 
 SERVER = ReplicatorConfig(concurrency=4, server_side=True)
-
-
-@pytest.fixture
-async def source(s3_url: str) -> AsyncIterator[ObjectStore]:
-    store = await open_store(s3_url, name="source")
-    yield store
-    await store.aclose()
-
-
-@pytest.fixture
-async def mirror(seaweed: SeaweedServer) -> AsyncIterator[ObjectStore]:
-    """A bucket on the source's own server: its endpoint sees the source bucket."""
-    with bucket_on(seaweed) as name:
-        store = await open_store(f"s3://{name}?endpoint={seaweed.endpoint}", name="mirror")
-        yield store
-        await store.aclose()
 
 
 async def test_blocks_are_copied_by_the_server_and_verified(
